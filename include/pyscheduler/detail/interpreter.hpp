@@ -1,0 +1,175 @@
+// pyscheduler/detail/interpreter.hpp - starting, sharing and finalizing the one
+// CPython interpreter of the process.
+//
+// Header-only libraries get one copy of every inline static per shared object when
+// symbols are hidden, so two plugins that both include pyscheduler would each believe
+// they own Python. The process-wide facts therefore live in the interpreter itself: a
+// capsule in the interpreter's state dict, under a versioned key. Whichever shared
+// object comes first creates it; the others find it by name.
+#pragma once
+
+#include <pybind11/embed.h>
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "pyscheduler/detail/gil.hpp"
+#include "pyscheduler/errors.hpp"
+
+namespace pyscheduler::detail {
+
+namespace py = pybind11;
+
+/// Facts shared by every copy of pyscheduler in the process. Never freed: threads and
+/// exit handlers of any shared object may still read it late in process teardown.
+/// Change the layout only together with the key below.
+struct ProcessState {
+    std::atomic<long> live_handlers{0};  // handlers whose threads are running
+    bool owns_interpreter = false;       // pyscheduler called Py_Initialize
+    pthread_t init_thread{};             // the thread that did
+    PyThreadState* init_tstate = nullptr;
+};
+
+inline constexpr const char* kProcessStateKey = "pyscheduler.process_state.v1";
+
+/// GIL held. The process state stored in the interpreter, created if absent.
+inline ProcessState* find_or_create_process_state() {
+    PyObject* dict = PyInterpreterState_GetDict(PyInterpreterState_Get());
+    if (dict == nullptr) throw std::runtime_error("pyscheduler: no interpreter state dict");
+    PyObject* cap = PyDict_GetItemString(dict, kProcessStateKey);  // borrowed
+    if (cap != nullptr) {
+        auto* st = static_cast<ProcessState*>(PyCapsule_GetPointer(cap, kProcessStateKey));
+        if (st == nullptr) throw py::error_already_set();
+        return st;
+    }
+    auto* st = new ProcessState();
+    py::capsule capsule(st, kProcessStateKey);  // no destructor: see ProcessState
+    if (PyDict_SetItemString(dict, kProcessStateKey, capsule.ptr()) != 0) throw py::error_already_set();
+    return st;
+}
+
+inline std::atomic<ProcessState*>& cached_process_state() {
+    static std::atomic<ProcessState*> cached{nullptr};
+    return cached;
+}
+
+/// Registered with std::atexit by the copy of pyscheduler that initialized Python.
+/// Finalizes the interpreter when that is safe: no handler thread alive and the exit
+/// running on the thread that initialized it. Otherwise Python is left running (the
+/// process is ending anyway) after flushing its stdout/stderr, so nothing a handler
+/// printed is lost.
+inline void finalize_at_exit() noexcept {
+    ProcessState* st = cached_process_state().load(std::memory_order_acquire);
+    if (st == nullptr || !st->owns_interpreter || Py_IsInitialized() == 0) return;
+    const bool same_thread = pthread_equal(pthread_self(), st->init_thread) != 0;
+    if (same_thread && st->live_handlers.load(std::memory_order_acquire) == 0) {
+        if (!this_thread_holds_gil()) PyEval_RestoreThread(st->init_tstate);
+        try {
+            py::finalize_interpreter();
+        } catch (...) {  // nothing sensible is left to do at exit
+        }
+        return;
+    }
+    GilHold gil;
+    for (const char* name : {"stdout", "stderr"}) {
+        PyObject* stream = PySys_GetObject(name);  // borrowed
+        if (stream == nullptr || stream == Py_None) continue;
+        PyObject* r = PyObject_CallMethod(stream, "flush", nullptr);
+        if (r == nullptr) PyErr_Clear();
+        Py_XDECREF(r);
+    }
+}
+
+/// GIL not held. Starts CPython, without its signal handlers, on the calling thread.
+inline ProcessState* initialize_interpreter() {
+    PyConfig config;
+    PyConfig_InitPythonConfig(&config);
+    config.install_signal_handlers = 0;  // the host program owns SIGINT & co.
+    config.parse_argv = 0;
+    PyStatus status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status) != 0) {
+        throw std::runtime_error(std::string("pyscheduler: cannot initialize Python: ") +
+                                 (status.err_msg != nullptr ? status.err_msg : "unknown error"));
+    }
+    ProcessState* st = nullptr;
+    try {
+        st = find_or_create_process_state();
+    } catch (...) {
+        PyEval_SaveThread();
+        throw;
+    }
+    st->owns_interpreter = true;
+    st->init_thread = pthread_self();
+    st->init_tstate = PyThreadState_Get();
+    std::atexit(&finalize_at_exit);
+    PyEval_SaveThread();  // the init thread keeps its state; other threads may now run Python
+    return st;
+}
+
+/// The process state; starts (or attaches to) the interpreter on first use.
+/// Thread-safe within one shared object. Across shared objects, the first call that
+/// starts the interpreter must not race another shared object's first call.
+inline ProcessState& ensure_interpreter() {
+    auto& cached = cached_process_state();
+    if (ProcessState* st = cached.load(std::memory_order_acquire)) return *st;
+    static std::mutex init_mutex;
+    std::lock_guard<std::mutex> lock(init_mutex);
+    if (ProcessState* st = cached.load(std::memory_order_relaxed)) return *st;
+    ProcessState* st = nullptr;
+    if (Py_IsInitialized() == 0) {
+        st = initialize_interpreter();
+    } else {
+        GilHold gil;  // attach: Python is running (another copy of us, or a Python host)
+        st = find_or_create_process_state();
+    }
+    cached.store(st, std::memory_order_release);
+    return *st;
+}
+
+/// GIL held. Turns a Python exception into a PythonError that holds only strings.
+inline PythonError to_python_error(const py::error_already_set& e, const std::string& where) {
+    std::string type_name = "<unknown exception>";
+    std::string message;
+    std::string traceback;
+    try {
+        if (py::handle type = e.type()) {
+            const auto module = py::str(type.attr("__module__")).cast<std::string>();
+            const auto qualname = py::str(type.attr("__qualname__")).cast<std::string>();
+            type_name = module == "builtins" ? qualname : module + "." + qualname;
+        }
+        if (e.value()) message = py::str(e.value()).cast<std::string>();
+        auto or_none = [](const py::object& o) -> py::object { return o ? o : py::none(); };
+        py::list lines = py::module_::import("traceback").attr("format_exception")(
+            or_none(e.type()), or_none(e.value()), or_none(e.trace()));
+        for (py::handle line : lines) traceback += line.cast<std::string>();
+        while (!traceback.empty() && traceback.back() == '\n') traceback.pop_back();
+    } catch (const py::error_already_set&) {
+        if (message.empty()) message = e.what();
+    }
+    return PythonError(where, std::move(type_name), std::move(message), std::move(traceback));
+}
+
+/// Call inside a catch block. The exception in flight, with Python exceptions turned
+/// into PythonError (the GIL is taken for that if this thread does not hold it).
+inline std::exception_ptr capture_exception(const std::string& where) noexcept {
+    try {
+        throw;
+    } catch (const py::error_already_set& e) {
+        try {
+            GilHold gil;
+            return std::make_exception_ptr(to_python_error(e, where));
+        } catch (...) {
+            return std::current_exception();
+        }
+    } catch (...) {
+        return std::current_exception();
+    }
+}
+
+}  // namespace pyscheduler::detail

@@ -1,0 +1,383 @@
+// pyscheduler/detail/pipeline.hpp - the threads behind one InvokeHandler.
+//
+//   producers --queue_invoke--> [MPMC queue] --> commit thread --> [prefetch ring]
+//             --> executor thread (GIL only while it has a batch) --> promises
+//
+// Synchronisation: the MPMC queue is moodycamel's BlockingConcurrentQueue (a
+// lock-free queue plus a semaphore that counts its items). The prefetch ring is a
+// single-producer single-consumer array whose hand-offs are ordered by two
+// semaphores: `room_` (free slots, released by the executor, acquired by the commit
+// thread) and `ready_` (committed items, the other way round). Both semaphores spin
+// briefly and then park in the kernel, so an idle handler costs no CPU.
+//
+// Shutdown: a null sentinel goes into the MPMC queue. The commit thread keeps
+// dequeuing until it has taken every item enqueued before it (producers from other
+// threads may sit behind the sentinel), then pushes the sentinel into the ring; the
+// executor finishes everything ahead of it and exits. Every item therefore completes.
+#pragma once
+
+#include <concurrentqueue/blockingconcurrentqueue.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "pyscheduler/detail/gil.hpp"
+#include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/detail/task.hpp"
+#include "pyscheduler/errors.hpp"
+#include "pyscheduler/options.hpp"
+#include "pyscheduler/stats.hpp"
+
+namespace pyscheduler::detail {
+
+template <class Policy>
+struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
+    static const int MAX_SEMA_SPINS = Policy::idle_spins;
+};
+
+/// Bounded single-producer single-consumer ring. Not synchronised by itself: the
+/// pipeline's semaphores order every push before the pop that reads it.
+class PrefetchRing {
+public:
+    explicit PrefetchRing(std::size_t slots) : slots_(slots) {}
+    void push(TaskBase* t) noexcept {
+        slots_[tail_] = t;
+        tail_ = tail_ + 1 == slots_.size() ? 0 : tail_ + 1;
+    }
+    TaskBase* pop() noexcept {
+        TaskBase* t = slots_[head_];
+        head_ = head_ + 1 == slots_.size() ? 0 : head_ + 1;
+        return t;
+    }
+
+private:
+    std::vector<TaskBase*> slots_;
+    std::size_t head_ = 0;  // executor only
+    std::size_t tail_ = 0;  // commit thread only
+};
+
+template <class Policy>
+class Pipeline {
+public:
+    using clock = typename Policy::clock;
+
+    /// GIL held by the caller (fn is a Python object). Starts the threads.
+    Pipeline(py::object fn, std::string name, const HandlerOptions& options, ProcessState& process)
+        : fn_(std::move(fn)),
+          name_(std::move(name)),
+          options_(options),
+          staged_capacity_(options.batch_size * options.prefetch_depth),
+          ring_(staged_capacity_ + 1),  // + 1: the shutdown sentinel never waits for room
+          room_(static_cast<std::ptrdiff_t>(staged_capacity_), Policy::idle_spins),
+          ready_(0, Policy::idle_spins),
+          process_(process) {
+        if (options.queue_capacity > 0) {
+            free_slots_ = std::make_unique<moodycamel::LightweightSemaphore>(
+                static_cast<std::ptrdiff_t>(options.queue_capacity), Policy::idle_spins);
+        }
+        process_.live_handlers.fetch_add(1, std::memory_order_acq_rel);
+        try {
+            commit_thread_ = std::thread([this] { commit_loop(); });
+            executor_thread_ = std::thread([this] { executor_loop(); });
+        } catch (...) {
+            stop_and_join();
+            process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
+            fn_.release().dec_ref();
+            throw;
+        }
+    }
+
+    Pipeline(const Pipeline&) = delete;
+    Pipeline& operator=(const Pipeline&) = delete;
+
+    /// Drains: returns once every item queued before the call has completed.
+    ~Pipeline() {
+        stop_and_join();
+        {
+            GilHold gil;
+            fn_ = py::object();
+        }
+        process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
+    }
+
+    /// Hands one item to the commit thread. Blocks while a bounded queue is full
+    /// (with the GIL released, if the caller held it).
+    void submit(TaskBase* task) {
+        task->where = &name_;
+        if (free_slots_ && !free_slots_->tryWait()) {
+            GilRelease unlocked;
+            free_slots_->wait();
+        }
+        enqueued_.fetch_add(1, std::memory_order_relaxed);
+        if (!queue_.enqueue(task)) {
+            enqueued_.fetch_sub(1, std::memory_order_relaxed);
+            if (free_slots_) free_slots_->signal();
+            throw std::bad_alloc();
+        }
+    }
+
+    const py::object& function() const noexcept { return fn_; }
+    const std::string& name() const noexcept { return name_; }
+    const HandlerOptions& options() const noexcept { return options_; }
+
+    QueueStats stats() const noexcept {
+        QueueStats s;
+        const auto enq = enqueued_.load(std::memory_order_relaxed);
+        const auto deq = dequeued_.load(std::memory_order_relaxed);
+        const auto staged = staged_.load(std::memory_order_relaxed);
+        const auto taken = taken_.load(std::memory_order_relaxed);
+        s.total_enqueued = enq;
+        s.commit_queue_size = enq > deq ? static_cast<std::size_t>(enq - deq) : 0;
+        s.execute_queue_size = staged > taken ? static_cast<std::size_t>(staged - taken) : 0;
+        s.completed = completed_.load(std::memory_order_relaxed);
+        s.failed = failed_.load(std::memory_order_relaxed);
+        s.commit_batch_size_ema = commit_batch_ema_.load(std::memory_order_relaxed);
+        s.execute_batch_size_ema = execute_batch_ema_.load(std::memory_order_relaxed);
+        s.commit_ns_per_batch_ema = commit_ns_ema_.load(std::memory_order_relaxed);
+        s.execute_ns_per_batch_ema = execute_ns_ema_.load(std::memory_order_relaxed);
+        return s;
+    }
+
+private:
+    void stop_and_join() {
+        queue_.enqueue(nullptr);  // the sentinel; not counted in enqueued_
+        GilRelease unlocked;      // the threads need the GIL to finish
+        if (commit_thread_.joinable()) commit_thread_.join();
+        if (executor_thread_.joinable()) {
+            executor_thread_.join();
+        } else {
+            drain_without_executor();
+        }
+    }
+
+    /// Only when the executor thread could not be started: nothing was queued yet,
+    /// but the commit thread has pushed its sentinel; consume it.
+    void drain_without_executor() {
+        while (ready_.tryWait()) ring_.pop();
+    }
+
+    // --- commit thread -------------------------------------------------------
+
+    void commit_loop() {
+        std::vector<TaskBase*> bulk(staged_capacity_);
+        bool stopping = false;
+        std::uint64_t dequeued = 0;
+        for (;;) {
+            if (stopping && dequeued == enqueued_.load(std::memory_order_acquire)) break;
+            const auto room = static_cast<std::size_t>(room_.waitMany(static_cast<std::ptrdiff_t>(staged_capacity_)));
+            const std::size_t got = queue_.wait_dequeue_bulk(bulk.data(), room);
+            std::size_t n = 0;
+            for (std::size_t i = 0; i < got; ++i) {
+                if (bulk[i] != nullptr) {
+                    bulk[n++] = bulk[i];
+                } else {
+                    stopping = true;
+                }
+            }
+            if (n < room) room_.signal(static_cast<std::ptrdiff_t>(room - n));
+            if (n == 0) continue;
+            dequeued += n;
+            dequeued_.store(dequeued, std::memory_order_relaxed);
+            if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(n));  // after the count: stats stay <= capacity
+            // Commit and hand over one batch at a time, so the executor can start on
+            // the first batch while later ones are still being committed.
+            for (std::size_t first = 0; first < n; first += options_.batch_size) {
+                const std::size_t count = std::min(options_.batch_size, n - first);
+                commit_chunk(bulk.data() + first, count);
+                for (std::size_t i = 0; i < count; ++i) ring_.push(bulk[first + i]);
+                staged_.fetch_add(count, std::memory_order_relaxed);
+                ready_.signal(static_cast<std::ptrdiff_t>(count));
+            }
+        }
+        ring_.push(nullptr);
+        ready_.signal(1);
+    }
+
+    void commit_chunk(TaskBase** items, std::size_t n) {
+        const auto start = now();
+        bool needs_gil = false;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (items[i]->commit_needs_gil) {
+                needs_gil = true;
+            } else {
+                items[i]->commit();
+            }
+        }
+        if (needs_gil) {  // one GIL hold for every Python-object commit of the chunk
+            GilHold gil;
+            for (std::size_t i = 0; i < n; ++i) {
+                if (items[i]->commit_needs_gil) items[i]->commit();
+            }
+        }
+        record(commit_batch_ema_, commit_ns_ema_, n, start);
+    }
+
+    // --- executor thread -----------------------------------------------------
+
+    void executor_loop() {
+        this_thread_state();  // create it now, not inside the first batch
+        const auto batch_size = static_cast<std::ptrdiff_t>(options_.batch_size);
+        const auto delay = options_.max_batch_delay;
+        std::vector<TaskBase*> batch(options_.batch_size);
+        for (bool stop = false; !stop;) {
+            std::ptrdiff_t n = ready_.waitMany(batch_size);
+            if (delay.count() > 0 && n < batch_size) {
+                const auto deadline = clock::now() + delay;
+                while (n < batch_size) {
+                    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now());
+                    if (left.count() <= 0) break;
+                    const auto more = ready_.waitMany(batch_size - n, left.count());
+                    if (more == 0) break;
+                    n += more;
+                }
+            }
+            std::size_t m = 0;
+            for (std::ptrdiff_t i = 0; i < n; ++i) {
+                if (TaskBase* t = ring_.pop()) {
+                    batch[m++] = t;
+                } else {
+                    stop = true;  // the sentinel is always the last item
+                }
+            }
+            room_.signal(static_cast<std::ptrdiff_t>(m));
+            taken_.fetch_add(m, std::memory_order_relaxed);
+            if (m > 0) run_batch(batch.data(), m);
+        }
+    }
+
+    /// One Python call for up to batch_size items; see TaskBase for the order of steps.
+    void run_batch(TaskBase** items, std::size_t n) {
+        const auto start = now();
+        {
+            GilHold gil;
+            std::size_t live = 0;  // items[0, live): converted, in the Python call
+            py::list args(0);
+            for (std::size_t i = 0; i < n; ++i) {
+                TaskBase* t = items[i];
+                if (t->failed()) continue;
+                try {
+                    args.append(t->to_python());
+                } catch (...) {
+                    t->fail(capture_exception("converting the committed value for " + name_));
+                    continue;
+                }
+                std::swap(items[live++], items[i]);
+            }
+            if (live > 0) call_and_deliver(args, items, live);
+            for (std::size_t i = 0; i < n; ++i) items[i]->drop_closures();
+        }
+        // Count before fulfilling: whoever holds every future sees the counts too.
+        std::uint64_t failed = 0;
+        for (std::size_t i = 0; i < n; ++i) failed += items[i]->failed() ? 1 : 0;
+        failed_.fetch_add(failed, std::memory_order_relaxed);
+        completed_.fetch_add(n - failed, std::memory_order_relaxed);
+        record(execute_batch_ema_, execute_ns_ema_, n, start);
+        for (std::size_t i = 0; i < n; ++i) items[i]->complete();  // frees the item
+    }
+
+    /// GIL held. Calls the function on the batch and hands result i to item i.
+    void call_and_deliver(const py::list& args, TaskBase** items, std::size_t n) {
+        try {
+            py::object result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn_.ptr(), args.ptr()));
+            if (!result) throw py::error_already_set();
+            PyObject* r = result.ptr();
+            if (PyList_Check(r) || PyTuple_Check(r)) {
+                check_length(PySequence_Fast_GET_SIZE(r), n);
+                PyObject** results = PySequence_Fast_ITEMS(r);
+                for (std::size_t i = 0; i < n; ++i) items[i]->deliver(results[i]);
+            } else if (PySequence_Check(r) && !PyUnicode_Check(r) && !PyBytes_Check(r) && !PyByteArray_Check(r)) {
+                const Py_ssize_t len = PySequence_Size(r);
+                if (len < 0) throw py::error_already_set();
+                check_length(len, n);
+                for (std::size_t i = 0; i < n; ++i) {
+                    auto item = py::reinterpret_steal<py::object>(PySequence_GetItem(r, static_cast<Py_ssize_t>(i)));
+                    if (!item) {
+                        items[i]->fail(capture_result_error(i));
+                        continue;
+                    }
+                    items[i]->deliver(item);
+                }
+            } else {
+                throw ResultError(name_ + " returned " + Py_TYPE(r)->tp_name + ", expected a list of " +
+                                  std::to_string(n) + " results (one per item of the batch)");
+            }
+        } catch (...) {
+            const std::exception_ptr e = capture_exception(name_);
+            for (std::size_t i = 0; i < n; ++i) items[i]->fail(e);
+        }
+    }
+
+    void check_length(Py_ssize_t len, std::size_t n) const {
+        if (static_cast<std::size_t>(len) != n) {
+            throw ResultError(name_ + " returned " + std::to_string(len) + " results for a batch of " +
+                              std::to_string(n) + " items (expected " + std::to_string(n) + ")");
+        }
+    }
+
+    std::exception_ptr capture_result_error(std::size_t i) const {
+        try {
+            throw py::error_already_set();
+        } catch (...) {
+            return capture_exception("reading result " + std::to_string(i) + " of " + name_);
+        }
+    }
+
+    // --- statistics ----------------------------------------------------------
+
+    static typename clock::time_point now() noexcept {
+        if constexpr (Policy::collect_stats) {
+            return clock::now();
+        } else {
+            return {};
+        }
+    }
+
+    static void record(std::atomic<double>& size_ema, std::atomic<double>& ns_ema, std::size_t n,
+                       typename clock::time_point start) noexcept {
+        if constexpr (Policy::collect_stats) {
+            const double ns = std::chrono::duration<double, std::nano>(clock::now() - start).count();
+            update_ema(size_ema, static_cast<double>(n));
+            update_ema(ns_ema, ns);
+        }
+    }
+
+    static void update_ema(std::atomic<double>& ema, double x) noexcept {  // one writer per EMA
+        const double old = ema.load(std::memory_order_relaxed);
+        ema.store(old == 0 ? x : old + Policy::stats_ema_weight * (x - old), std::memory_order_relaxed);
+    }
+
+    py::object fn_;
+    const std::string name_;
+    const HandlerOptions options_;
+    const std::size_t staged_capacity_;  // batch_size * prefetch_depth
+
+    moodycamel::BlockingConcurrentQueue<TaskBase*, QueueTraits<Policy>> queue_;
+    std::unique_ptr<moodycamel::LightweightSemaphore> free_slots_;  // bounded queues only
+    PrefetchRing ring_;
+    moodycamel::LightweightSemaphore room_;   // free ring slots
+    moodycamel::LightweightSemaphore ready_;  // committed items in the ring
+
+    alignas(64) std::atomic<std::uint64_t> enqueued_{0};  // producers
+    alignas(64) std::atomic<std::uint64_t> dequeued_{0};  // commit thread
+    std::atomic<std::uint64_t> staged_{0};
+    std::atomic<double> commit_batch_ema_{0};
+    std::atomic<double> commit_ns_ema_{0};
+    alignas(64) std::atomic<std::uint64_t> taken_{0};  // executor
+    std::atomic<std::uint64_t> completed_{0};
+    std::atomic<std::uint64_t> failed_{0};
+    std::atomic<double> execute_batch_ema_{0};
+    std::atomic<double> execute_ns_ema_{0};
+
+    ProcessState& process_;
+    std::thread commit_thread_;
+    std::thread executor_thread_;
+};
+
+}  // namespace pyscheduler::detail

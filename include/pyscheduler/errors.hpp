@@ -1,0 +1,67 @@
+// pyscheduler/errors.hpp - the exceptions pyscheduler puts into futures and throws.
+//
+// Every exception that crosses a thread carries strings only: no Python object is
+// kept, so it can be copied, rethrown and destroyed on any thread without the GIL.
+#pragma once
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace pyscheduler {
+
+/// Base of every pyscheduler-specific error.
+class Error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// The Python function (or Python code run by a commit or callback) raised.
+///
+/// `what()` reads "<where> raised <Type>: <message>" followed by the Python
+/// traceback. The parts are available separately.
+class PythonError : public Error {
+public:
+    PythonError(std::string where, std::string type_name, std::string message, std::string traceback)
+        : Error(compose(where, type_name, message, traceback)),
+          parts_(std::make_shared<const Parts>(
+              Parts{std::move(type_name), std::move(message), std::move(traceback)})) {}
+
+    /// Qualified name of the Python exception type, e.g. "ValueError" or "mymod.MyError".
+    const std::string& type_name() const noexcept { return parts_->type_name; }
+    /// `str(exception)`.
+    const std::string& message() const noexcept { return parts_->message; }
+    /// The formatted traceback ("Traceback (most recent call last): ..."), possibly empty.
+    const std::string& traceback() const noexcept { return parts_->traceback; }
+
+private:
+    struct Parts {
+        std::string type_name;
+        std::string message;
+        std::string traceback;
+    };
+    static std::string compose(const std::string& where, const std::string& type_name,
+                               const std::string& message, const std::string& traceback) {
+        std::string s = where + " raised " + type_name;
+        if (!message.empty()) s += ": " + message;
+        if (!traceback.empty()) s += "\n" + traceback;
+        return s;
+    }
+    std::shared_ptr<const Parts> parts_;  // shared: copying an exception must not throw
+};
+
+/// The Python function returned something that is not a result per item: not a
+/// sequence, or a sequence whose length differs from the batch's.
+class ResultError : public Error {
+public:
+    using Error::Error;
+};
+
+/// The item was cancelled by `InvokeHandler::shutdown(ShutdownMode::Cancel)` before it ran.
+class Cancelled : public Error {
+public:
+    using Error::Error;
+};
+
+}  // namespace pyscheduler

@@ -1,0 +1,131 @@
+// pyscheduler/handler.hpp - InvokeHandler: one Python function, called
+// synchronously (invoke) or through the batching pipeline (queue_invoke).
+//
+// Obtain one from PyManager::loadPythonModule. Each handler owns a lock-free queue,
+// a commit thread and a GIL-holding executor thread (see detail/pipeline.hpp).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <concepts>
+#include <functional>
+#include <future>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "pyscheduler/detail/gil.hpp"
+#include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/detail/pipeline.hpp"
+#include "pyscheduler/detail/task.hpp"
+#include "pyscheduler/errors.hpp"
+#include "pyscheduler/options.hpp"
+#include "pyscheduler/policy.hpp"
+#include "pyscheduler/stats.hpp"
+
+namespace pyscheduler {
+
+template <class Policy>
+class BasicPyManager;
+
+/// A Python function bound to its own pipeline. Move-only; moving keeps in-flight
+/// work. The destructor drains: every queued item completes before it returns.
+/// All member functions may be called from any number of threads at once (except
+/// destruction and assignment, which must not race other calls on the same handler).
+template <class Policy = DefaultPolicy>
+class BasicInvokeHandler {
+public:
+    BasicInvokeHandler(BasicInvokeHandler&&) noexcept = default;
+    BasicInvokeHandler& operator=(BasicInvokeHandler&&) noexcept = default;  // drains the old pipeline
+    ~BasicInvokeHandler() = default;
+
+    /// Calls the function on the calling thread with `args` converted by pybind11,
+    /// and casts the result to R (R = void discards it). Takes the GIL for the call.
+    /// Throws PythonError if Python raises, pybind11::cast_error if the result does
+    /// not convert to R.
+    template <class R, class... Args>
+    R invoke(Args&&... args) const {
+        auto& p = pipeline();
+        detail::GilHold gil;
+        try {
+            pybind11::object result = p.function()(std::forward<Args>(args)...);
+            if constexpr (!std::is_void_v<R>) return result.template cast<R>();
+        } catch (const pybind11::error_already_set& e) {
+            throw detail::to_python_error(e, p.name());
+        }
+    }
+
+    /// Calls the function on the calling thread and returns `callback(result)`,
+    /// with the GIL held during the callback.
+    template <class Callback, class... Args>
+        requires std::invocable<Callback&&, pybind11::object>
+    auto invoke(Callback&& callback, Args&&... args) const {
+        auto& p = pipeline();
+        detail::GilHold gil;
+        try {
+            return std::invoke(std::forward<Callback>(callback), p.function()(std::forward<Args>(args)...));
+        } catch (const pybind11::error_already_set& e) {
+            throw detail::to_python_error(e, p.name());
+        }
+    }
+
+    /// Queues one item and returns the future of `callback(result)`.
+    ///
+    /// - `commit(args...)` runs on the handler's commit thread, ahead of execution.
+    ///   If it returns a pybind11 object it runs with the GIL (one hold per bulk of
+    ///   commits); otherwise it runs without the GIL, and its value is converted with
+    ///   pybind11::cast inside the executor's GIL hold.
+    /// - The Python function is called with a list of up to batch_size committed
+    ///   values and must return a sequence of as many results.
+    /// - `callback(result_i)` runs on the executor thread with the GIL held; its
+    ///   return value (or exception) completes the future.
+    ///
+    /// Errors go to the futures: a commit or callback that throws fails its own item;
+    /// a Python exception fails the batch's items with PythonError; a result of the
+    /// wrong shape fails them with ResultError.
+    template <class Commit, class Callback, class... Args,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
+                 std::invocable<std::decay_t<Callback>&&, pybind11::object>
+    std::future<R> queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
+        auto& p = pipeline();
+        auto [task, future] =
+            detail::make_task<R, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
+                std::forward<Commit>(commit), std::forward<Callback>(callback), std::forward<Args>(args)...);
+        try {
+            p.submit(task);
+        } catch (...) {
+            task->fail(std::current_exception());
+            task->drop_closures();
+            task->complete();
+            throw;
+        }
+        return std::move(future);
+    }
+
+    /// A snapshot of the pipeline's counters and moving averages.
+    QueueStats get_queue_stats() const { return pipeline().stats(); }
+
+    /// "module.function".
+    const std::string& name() const { return pipeline().name(); }
+
+    /// The options the handler was created with.
+    const HandlerOptions& options() const { return pipeline().options(); }
+
+private:
+    friend class BasicPyManager<Policy>;
+    using Pipeline = detail::Pipeline<Policy>;
+
+    explicit BasicInvokeHandler(std::unique_ptr<Pipeline> p) noexcept : pipeline_(std::move(p)) {}
+
+    Pipeline& pipeline() const {
+        if (!pipeline_) throw std::logic_error("pyscheduler: InvokeHandler used after it was moved from");
+        return *pipeline_;
+    }
+
+    std::unique_ptr<Pipeline> pipeline_;
+};
+
+}  // namespace pyscheduler

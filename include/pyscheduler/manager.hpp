@@ -1,0 +1,97 @@
+// pyscheduler/manager.hpp - PyManager: the process's embedded interpreter, and the
+// factory of InvokeHandlers.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "pyscheduler/detail/gil.hpp"
+#include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/detail/pipeline.hpp"
+#include "pyscheduler/handler.hpp"
+#include "pyscheduler/options.hpp"
+#include "pyscheduler/policy.hpp"
+
+namespace pyscheduler {
+
+/// A cheap, copyable handle on the process's one Python interpreter.
+///
+/// The first PyManager in the process starts CPython (without Python's signal
+/// handlers), or attaches to it when the process already runs Python. The
+/// interpreter is finalized at process exit, if no handler is alive then.
+template <class Policy = DefaultPolicy>
+class BasicPyManager {
+public:
+    using InvokeHandler = BasicInvokeHandler<Policy>;
+    using policy_type = Policy;
+
+    /// Starts or attaches to the interpreter. Safe to call from many threads at once.
+    BasicPyManager() : process_(&detail::ensure_interpreter()) {}
+
+    /// Appends `dir` to sys.path unless it is there already.
+    void add_path(const std::string& dir) const {
+        if (dir.empty()) throw std::invalid_argument("pyscheduler: add_path: the directory is an empty string");
+        detail::GilHold gil;
+        pybind11::list path = pybind11::module_::import("sys").attr("path");
+        pybind11::str entry(dir);
+        if (!path.contains(entry)) path.append(entry);
+    }
+
+    /// Imports `module`, looks up `function` in it, and starts a handler for it.
+    InvokeHandler loadPythonModule(const std::string& module, const std::string& function = "invoke",
+                                   std::size_t batch_size = 1, std::size_t prefetch_depth = 1) const {
+        HandlerOptions options;
+        options.batch_size = batch_size;
+        options.prefetch_depth = prefetch_depth;
+        return loadPythonModule(module, function, options);
+    }
+
+    /// As above, with every option. Throws std::invalid_argument when the options are
+    /// invalid, or when the module cannot be imported, has no such attribute, or the
+    /// attribute is not callable (the message names the module, the function and the
+    /// Python error).
+    InvokeHandler loadPythonModule(const std::string& module, const std::string& function,
+                                   const HandlerOptions& options) const {
+        validate(options);
+        const std::string name = module + "." + function;
+        detail::GilHold gil;
+        pybind11::object fn;
+        try {
+            fn = pybind11::module_::import(module.c_str()).attr(function.c_str());
+        } catch (const pybind11::error_already_set& e) {
+            throw std::invalid_argument("pyscheduler: cannot load " + name + ": " +
+                                        detail::to_python_error(e, "importing it").what());
+        }
+        if (!PyCallable_Check(fn.ptr())) {
+            throw std::invalid_argument("pyscheduler: cannot load " + name + ": it is not callable (it is a " +
+                                        std::string(Py_TYPE(fn.ptr())->tp_name) + ")");
+        }
+        return InvokeHandler(std::make_unique<detail::Pipeline<Policy>>(std::move(fn), name, options, *process_));
+    }
+
+private:
+    static void validate(const HandlerOptions& o) {
+        constexpr std::size_t limit = std::size_t{1} << 30;
+        if (o.batch_size == 0) throw std::invalid_argument("pyscheduler: HandlerOptions::batch_size must be at least 1");
+        if (o.prefetch_depth == 0) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::prefetch_depth must be at least 1");
+        }
+        if (o.batch_size > limit / o.prefetch_depth) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::batch_size * prefetch_depth must not exceed 2^30");
+        }
+        if (o.max_batch_delay.count() < 0) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::max_batch_delay must not be negative");
+        }
+        if (o.queue_capacity > static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max())) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::queue_capacity is too large");
+        }
+    }
+
+    detail::ProcessState* process_;
+};
+
+}  // namespace pyscheduler

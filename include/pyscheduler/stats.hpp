@@ -1,0 +1,25 @@
+// pyscheduler/stats.hpp - a snapshot of one handler's pipeline.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pyscheduler {
+
+/// Returned by `InvokeHandler::get_queue_stats()`. Counters are read without
+/// stopping the pipeline, so the sizes are approximate while work is in flight.
+/// Averages are exponential moving averages over batches (weight set by the policy);
+/// they stay zero when the policy disables statistics.
+struct QueueStats {
+    std::size_t commit_queue_size = 0;   ///< queued items not yet committed
+    std::size_t execute_queue_size = 0;  ///< committed items waiting for the executor
+    std::uint64_t total_enqueued = 0;    ///< items ever accepted by queue_invoke
+    std::uint64_t completed = 0;         ///< futures fulfilled with a value
+    std::uint64_t failed = 0;            ///< futures fulfilled with an exception
+    double commit_batch_size_ema = 0;    ///< items per commit bulk
+    double execute_batch_size_ema = 0;   ///< items per Python call
+    double commit_ns_per_batch_ema = 0;  ///< wall time of one commit bulk
+    double execute_ns_per_batch_ema = 0; ///< wall time of one batch, GIL hold included
+};
+
+}  // namespace pyscheduler

@@ -1,0 +1,59 @@
+// A child process for tests/test_exit.cpp: leaves the process in one state or
+// another at exit, with numpy imported and handlers alive. The parent checks the exit
+// code and that what Python printed was not lost.
+#include <pyscheduler/pyscheduler.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+namespace py = pybind11;
+using pyscheduler::InvokeHandler;
+using pyscheduler::PyManager;
+
+static InvokeHandler load() {
+    PyManager m;
+    m.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
+    return m.loadPythonModule("pyscheduler_test_exit", "announce", 4, 2);
+}
+
+static void queue_some(InvokeHandler& h, int n, bool wait) {
+    std::vector<std::future<int>> futures;
+    for (int i = 0; i < n; ++i) futures.push_back(h.queue_invoke([i] { return i; }, [](py::object o) { return o.cast<int>(); }));
+    if (wait) {
+        for (auto& f : futures) f.get();
+    }
+}
+
+int main(int argc, char** argv) {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    std::cout << "child: " << mode << std::endl;
+    if (mode == "static_idle") {  // a static handler: destroyed (drained) before Python is finalized
+        static InvokeHandler h = load();
+        queue_some(h, 8, true);
+        return 0;
+    }
+    if (mode == "static_with_queued_work") {
+        static InvokeHandler h = load();
+        queue_some(h, 1000, false);
+        return 0;
+    }
+    if (mode == "leaked_idle") {  // never destroyed: Python is left running, stdout flushed
+        auto* h = new InvokeHandler(load());
+        queue_some(*h, 8, true);
+        return 0;
+    }
+    if (mode == "exit_with_local_handler") {  // std::exit skips local destructors
+        InvokeHandler h = load();
+        queue_some(h, 8, true);
+        std::exit(0);
+    }
+    if (mode == "local_handler") {  // the ordinary case: everything destroyed in order
+        InvokeHandler h = load();
+        queue_some(h, 8, true);
+        return 0;
+    }
+    std::cerr << "unknown mode\n";
+    return 2;
+}

@@ -1,0 +1,64 @@
+// Shared helpers of the pyscheduler test suites.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <pybind11/stl.h>
+#include <pyscheduler/pyscheduler.hpp>
+
+#include <chrono>
+#include <future>
+#include <string>
+
+namespace pyscheduler::test {
+
+namespace py = pybind11;
+
+/// The manager every test uses; its sys.path holds tests/python.
+inline PyManager& python() {
+    static PyManager manager = [] {
+        PyManager m;
+        m.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
+        return m;
+    }();
+    return manager;
+}
+
+inline InvokeHandler load(const std::string& function, std::size_t batch_size = 1, std::size_t prefetch_depth = 1) {
+    return python().loadPythonModule("pyscheduler_test_funcs", function, batch_size, prefetch_depth);
+}
+
+inline InvokeHandler load(const std::string& function, const HandlerOptions& options) {
+    return python().loadPythonModule("pyscheduler_test_funcs", function, options);
+}
+
+/// Callback that casts the result to T.
+template <class T>
+auto cast_to() {
+    return [](py::object o) { return o.cast<T>(); };
+}
+
+/// Calls f(); expects it to throw E, and returns the exception's what().
+template <class E, class F>
+std::string what_of(F&& f) {
+    try {
+        f();
+    } catch (const E& e) {
+        return e.what();
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << "threw another exception type: " << e.what();
+        return {};
+    }
+    ADD_FAILURE() << "did not throw";
+    return {};
+}
+
+/// A generous upper bound for "this future must complete": a hang fails the test
+/// instead of blocking ctest until its timeout.
+inline constexpr auto kNoHang = std::chrono::seconds(60);
+
+template <class T>
+bool completes(std::future<T>& f) {
+    return f.wait_for(kNoHang) == std::future_status::ready;
+}
+
+}  // namespace pyscheduler::test

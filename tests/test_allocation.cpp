@@ -1,0 +1,67 @@
+// One heap allocation per queued item: the task node, with the promise's shared
+// state and result storage carved out of the same block. Counted by replacing the
+// global operator new in this test binary.
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "test_support.hpp"
+
+namespace {
+thread_local bool counting = false;
+thread_local std::size_t allocations = 0;
+}  // namespace
+
+void* operator new(std::size_t size) {
+    if (counting) ++allocations;
+    if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+    throw std::bad_alloc();
+}
+void* operator new(std::size_t size, std::align_val_t align) {
+    if (counting) ++allocations;
+    std::size_t a = static_cast<std::size_t>(align);
+    if (void* p = std::aligned_alloc(a, (size + a - 1) / a * a)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace pyscheduler::test {
+namespace {
+
+template <class R, class Callback>
+double allocations_per_item(InvokeHandler& h, Callback cb, int items) {
+    std::vector<std::future<R>> futures;
+    futures.reserve(items);
+    counting = true;
+    allocations = 0;
+    for (int i = 0; i < items; ++i) futures.push_back(h.queue_invoke([i] { return i; }, cb));
+    const std::size_t counted = allocations;
+    counting = false;
+    for (auto& f : futures) f.get();
+    return static_cast<double>(counted) / items;
+}
+
+// The MPMC queue allocates a block of slots now and then (amortised: 1 per 32 items
+// at most); everything else must be the one node per item.
+constexpr double kBudget = 1.0 + 1.0 / 32 + 0.01;
+
+TEST(Allocation, OneAllocationPerItemForAnIntResult) {
+    auto h = load("identity", 64, 4);
+    EXPECT_LE(allocations_per_item<int>(h, cast_to<int>(), 20000), kBudget);
+}
+
+TEST(Allocation, OneAllocationPerItemForAVoidResult) {
+    auto h = load("identity", 64, 4);
+    EXPECT_LE(allocations_per_item<void>(h, [](py::object) {}, 20000), kBudget);
+}
+
+TEST(Allocation, OneAllocationPerItemForAStringResult) {
+    auto h = load("identity", 64, 4);
+    EXPECT_LE(allocations_per_item<std::string>(h, [](py::object) { return std::string(); }, 20000), kBudget);
+}
+
+}  // namespace
+}  // namespace pyscheduler::test
