@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/pipeline.hpp"
@@ -28,14 +29,14 @@
 namespace pyscheduler {
 
 template <class Policy>
-class BasicPyManager;
+class PYSCHEDULER_HIDDEN BasicPyManager;
 
 /// A Python function bound to its own pipeline. Move-only; moving keeps in-flight
 /// work. The destructor drains: every queued item completes before it returns.
 /// All member functions may be called from any number of threads at once (except
 /// destruction and assignment, which must not race other calls on the same handler).
 template <class Policy = DefaultPolicy>
-class BasicInvokeHandler {
+class PYSCHEDULER_HIDDEN BasicInvokeHandler {
 public:
     BasicInvokeHandler(BasicInvokeHandler&&) noexcept = default;
     BasicInvokeHandler& operator=(BasicInvokeHandler&&) noexcept = default;  // drains the old pipeline

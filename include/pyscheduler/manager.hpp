@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/pipeline.hpp"
@@ -24,7 +25,7 @@ namespace pyscheduler {
 /// handlers), or attaches to it when the process already runs Python. The
 /// interpreter is finalized at process exit, if no handler is alive then.
 template <class Policy = DefaultPolicy>
-class BasicPyManager {
+class PYSCHEDULER_HIDDEN BasicPyManager {
 public:
     using InvokeHandler = BasicInvokeHandler<Policy>;
     using policy_type = Policy;

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/task.hpp"
@@ -64,7 +65,7 @@ private:
 };
 
 template <class Policy>
-class Pipeline {
+class PYSCHEDULER_HIDDEN Pipeline {
 public:
     using clock = typename Policy::clock;
 

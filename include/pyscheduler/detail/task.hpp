@@ -15,6 +15,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 
 #include <atomic>
@@ -146,7 +147,7 @@ struct ResultSlot<void> {
 };
 
 template <class R, class Commit, class Callback, class... Args>
-class Task final : public TaskBase {
+class PYSCHEDULER_HIDDEN Task final : public TaskBase {
 public:
     using Committed = std::invoke_result_t<Commit&&, Args&&...>;
     static_assert(!std::is_void_v<Committed>,

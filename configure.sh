@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# configure.sh - the one entry point to configure, build, test, benchmark and
+# install pyscheduler. Run with --help for the options.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+    cat <<'EOF'
+Usage: ./configure.sh [options]
+
+Configures a CMake build in build-<Mode>[-asan|-tsan] and, as asked, builds,
+tests, runs an example, benchmarks or installs.
+
+  -h, --help            print this help and exit
+  -m, --mode MODE       Debug (default), Release or RelWithDebInfo; case-insensitive
+  -t, --tests           build the tests and benchmarks
+  -e, --examples        build the examples
+      --asan            AddressSanitizer + UndefinedBehaviorSanitizer build (build-<Mode>-asan)
+      --tsan            ThreadSanitizer build (build-<Mode>-tsan)
+      --flame           keep frame pointers (for perf / flame graphs)
+  -p, --prefix PATH     install prefix (default: $PYSCHEDULER_PREFIX, else /usr/local)
+      --python PATH     the Python interpreter to embed (default: python3 on PATH)
+  -j, --jobs N          parallel build jobs (default: number of cores)
+      --deps            install the system (apt-get) and Python (pip) dependencies first
+      --build           build after configuring (implied by --test, --run, --bench, --install)
+      --test            build the tests and examples, and run them all with ctest
+      --run NAME        build the examples and run examples/NAME
+      --bench           Release build of the benchmarks, run, printed as a table
+      --install         build and install the headers and CMake package files
+
+Examples:
+  ./configure.sh --deps --test                 # everything, then the test suite
+  ./configure.sh --deps --mode Release --run svd
+  ./configure.sh --asan --test                 # the suite under ASan + UBSan
+  ./configure.sh --mode Release --install --prefix "$HOME/.local"
+EOF
+}
+
+die() {
+    echo "configure.sh: error: $*" >&2
+    echo >&2
+    usage >&2
+    exit 2
+}
+
+mode=Debug
+tests=OFF
+examples=OFF
+sanitizer=""
+flame=OFF
+prefix="${PYSCHEDULER_PREFIX:-/usr/local}"
+python="$(command -v python3 || true)"
+jobs="$(nproc 2>/dev/null || echo 2)"
+deps=0
+build=0
+run_tests=0
+run_example=""
+bench=0
+install=0
+
+need_arg() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        -m|--mode) need_arg "$@"; mode="$2"; shift ;;
+        -t|--tests) tests=ON ;;
+        -e|--examples) examples=ON ;;
+        --asan) [[ "$sanitizer" == thread ]] && die "--asan and --tsan cannot be combined"; sanitizer=address ;;
+        --tsan) [[ "$sanitizer" == address ]] && die "--asan and --tsan cannot be combined"; sanitizer=thread ;;
+        --flame) flame=ON ;;
+        -p|--prefix) need_arg "$@"; prefix="$2"; shift ;;
+        --python) need_arg "$@"; python="$2"; shift ;;
+        -j|--jobs) need_arg "$@"; jobs="$2"; shift ;;
+        --deps) deps=1 ;;
+        --build) build=1 ;;
+        --test) run_tests=1; tests=ON; examples=ON; build=1 ;;
+        --run) need_arg "$@"; run_example="$2"; examples=ON; build=1; shift ;;
+        --bench) bench=1; tests=ON; build=1 ;;
+        --install) install=1; build=1 ;;
+        *) die "unknown option '$1'" ;;
+    esac
+    shift
+done
+
+case "${mode,,}" in
+    debug) mode=Debug ;;
+    release) mode=Release ;;
+    relwithdebinfo) mode=RelWithDebInfo ;;
+    *) die "unknown mode '$mode' (expected Debug, Release or RelWithDebInfo)" ;;
+esac
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive integer, not '$jobs'"
+if [[ $bench == 1 ]]; then
+    [[ -n "$sanitizer" ]] && die "--bench measures the Release build; it cannot be combined with --asan/--tsan"
+    mode=Release
+fi
+
+# --- dependencies -------------------------------------------------------------
+if [[ $deps == 1 ]]; then
+    "$here/tools/install-deps.sh" "${python:-python3}"
+    [[ -n "$python" ]] || python="$(command -v python3)"
+fi
+[[ -n "$python" ]] || die "no python3 found on PATH; pass --python PATH"
+python="$(command -v "$python" || echo "$python")"
+[[ -x "$python" ]] || die "--python: '$python' is not an executable"
+
+# --- configure ----------------------------------------------------------------
+suffix=""
+[[ "$sanitizer" == address ]] && suffix=-asan
+[[ "$sanitizer" == thread ]] && suffix=-tsan
+build_dir="$here/build-$mode$suffix"
+generator=()  # Ninja when available; an existing build directory keeps its generator
+if [[ ! -f "$build_dir/CMakeCache.txt" ]] && command -v ninja >/dev/null 2>&1; then
+    generator=(-G Ninja)
+fi
+
+cmake -S "$here" -B "$build_dir" "${generator[@]}" \
+    -DCMAKE_BUILD_TYPE="$mode" \
+    -DCMAKE_INSTALL_PREFIX="$prefix" \
+    -DPython_EXECUTABLE="$python" \
+    -DBUILD_TESTS="$tests" \
+    -DBUILD_EXAMPLES="$examples" \
+    -DPYSCHEDULER_SANITIZER="$sanitizer" \
+    -DPYSCHEDULER_FRAME_POINTERS="$flame"
+
+if [[ $build == 1 ]]; then
+    cmake --build "$build_dir" --parallel "$jobs"
+fi
+
+# --- sanitizer run-time settings --------------------------------------------------
+# PYTHONMALLOC=malloc: CPython's small-object allocator would hide its allocations
+# (and overflows into them) from ASan. Suppressions: CPython's own intentional leaks.
+export PYTHONMALLOC="${PYTHONMALLOC:-malloc}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:fast_unwind_on_malloc=0:malloc_context_size=64}"
+export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$here/lsan_suppressions.txt:print_suppressions=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$here/tsan_suppressions.txt:halt_on_error=1:second_deadlock_stack=1}"
+
+if [[ $run_tests == 1 ]]; then
+    ctest --test-dir "$build_dir" --output-on-failure --parallel "$jobs"
+fi
+
+if [[ -n "$run_example" ]]; then
+    exe="$build_dir/examples/$run_example/pyscheduler_example_$run_example"
+    [[ -x "$exe" ]] || die "no example named '$run_example' (see examples/)"
+    "$exe"
+fi
+
+if [[ $bench == 1 ]]; then
+    "$build_dir/tests/bench/pyscheduler_bench" --benchmark_counters_tabular=true
+fi
+
+if [[ $install == 1 ]]; then
+    cmake --install "$build_dir"
+fi

@@ -1,0 +1,283 @@
+// pyscheduler benchmarks. Every figure is reported next to its raw limit measured in
+// the same process and run: the same Python function called directly through
+// pybind11 (or the CPython C API) with the GIL already held. Counters named
+// "x_raw" are the ratio ours / raw (lower is better; 1.0 is the limit).
+//
+//   ./configure.sh --bench        (Release build, then this binary, tabular output)
+#include <benchmark/benchmark.h>
+#include <malloc.h>
+#include <pyscheduler/pyscheduler.hpp>
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+namespace py = pybind11;
+using pyscheduler::HandlerOptions;
+using pyscheduler::InvokeHandler;
+using pyscheduler::PyManager;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+PyManager& python() {
+    static PyManager m = [] {
+        PyManager p;
+        p.add_path(PYSCHEDULER_BENCH_DIR);
+        return p;
+    }();
+    return m;
+}
+
+InvokeHandler load(const char* fn, const HandlerOptions& o) {
+    return python().loadPythonModule("pyscheduler_bench_funcs", fn, o);
+}
+
+HandlerOptions options(std::size_t batch, std::size_t prefetch) {
+    HandlerOptions o;
+    o.batch_size = batch;
+    o.prefetch_depth = prefetch;
+    return o;
+}
+
+double percentile(std::vector<double> v, double q) {
+    if (v.empty()) return 0;
+    auto k = static_cast<std::size_t>(q * static_cast<double>(v.size() - 1));
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+    return v[k];
+}
+
+double ns_since(Clock::time_point t0) { return std::chrono::duration<double, std::nano>(Clock::now() - t0).count(); }
+
+/// Raw limit of a scalar call: identity(i) through pybind11, GIL held, per-call p50
+/// (timed exactly like the pyscheduler calls it is compared with).
+double raw_scalar_call_p50_ns(int calls) {
+    pyscheduler::detail::GilHold gil;
+    py::object fn = py::module_::import("pyscheduler_bench_funcs").attr("identity");
+    std::vector<double> ns;
+    ns.reserve(calls);
+    for (int i = 0; i < calls; ++i) {
+        auto t0 = Clock::now();
+        benchmark::DoNotOptimize(fn(i).cast<int>());
+        ns.push_back(ns_since(t0));
+    }
+    return percentile(ns, 0.5);
+}
+
+/// Raw limit of a batched call, per item: a list of `batch` ints built, the function
+/// called once, the results unpacked; GIL held throughout. C API, no pybind11 layers.
+double raw_batch_ns_per_item(const char* function, std::size_t batch, std::size_t items) {
+    pyscheduler::detail::GilHold gil;
+    py::object fn = py::module_::import("pyscheduler_bench_funcs").attr(function);
+    long sink = 0;
+    const auto t0 = Clock::now();
+    for (std::size_t done = 0; done < items; done += batch) {
+        PyObject* list = PyList_New(static_cast<Py_ssize_t>(batch));
+        for (std::size_t i = 0; i < batch; ++i) PyList_SET_ITEM(list, i, PyLong_FromSize_t(done + i));
+        PyObject* result = PyObject_CallOneArg(fn.ptr(), list);
+        for (std::size_t i = 0; i < batch; ++i) sink += PyLong_AsLong(PyList_GET_ITEM(result, i));
+        Py_DECREF(result);
+        Py_DECREF(list);
+    }
+    benchmark::DoNotOptimize(sink);
+    return ns_since(t0) / static_cast<double>(items);
+}
+
+auto cast_int = [](py::object o) { return o.cast<int>(); };
+
+// --- invoke ------------------------------------------------------------------
+
+void BM_Invoke(benchmark::State& state) {
+    auto h = load("identity", options(1, 1));
+    const double raw = raw_scalar_call_p50_ns(200000);
+    std::vector<double> ns;
+    int i = 0;
+    for (auto _ : state) {
+        auto t0 = Clock::now();
+        benchmark::DoNotOptimize(h.invoke<int>(i++));
+        ns.push_back(ns_since(t0));
+    }
+    const double p50 = percentile(ns, 0.5);
+    state.counters["p50_ns"] = p50;
+    state.counters["p99_ns"] = percentile(ns, 0.99);
+    state.counters["raw_p50_ns"] = raw;
+    state.counters["x_raw"] = p50 / raw;
+}
+BENCHMARK(BM_Invoke)->Iterations(200000);
+
+// --- queue_invoke throughput -----------------------------------------------------
+
+/// `items` items through one handler from `producers` threads; returns seconds.
+double run_items(InvokeHandler& h, int producers, std::size_t items) {
+    const auto t0 = Clock::now();
+    std::vector<std::thread> threads;
+    for (int p = 0; p < producers; ++p) {
+        threads.emplace_back([&, p] {
+            const std::size_t mine = items / static_cast<std::size_t>(producers);
+            std::vector<std::future<int>> futures;
+            futures.reserve(mine);
+            for (std::size_t i = 0; i < mine; ++i) {
+                int v = static_cast<int>(static_cast<std::size_t>(p) * mine + i);
+                futures.push_back(h.queue_invoke([v] { return v; }, cast_int));
+            }
+            long sink = 0;
+            for (auto& f : futures) sink += f.get();
+            benchmark::DoNotOptimize(sink);
+        });
+    }
+    for (auto& t : threads) t.join();
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void BM_QueueInvokeThroughput(benchmark::State& state) {
+    const auto batch = static_cast<std::size_t>(state.range(0));
+    const auto producers = static_cast<int>(state.range(1));
+    const std::size_t items = 120000;
+    auto h = load("identity_batch", options(batch, 64));
+    const double raw = raw_batch_ns_per_item("identity_batch", batch, items);
+    double seconds = 0;
+    for (auto _ : state) {
+        const double s = run_items(h, producers, items);
+        state.SetIterationTime(s);
+        seconds += s;
+    }
+    const double ns_per_item = seconds * 1e9 / static_cast<double>(items * state.iterations());
+    state.counters["items_per_s"] = 1e9 / ns_per_item;
+    state.counters["ns_per_item"] = ns_per_item;
+    state.counters["raw_ns_per_item"] = raw;
+    state.counters["x_raw"] = ns_per_item / raw;
+    state.counters["batch_ema"] = h.get_queue_stats().execute_batch_size_ema;
+}
+BENCHMARK(BM_QueueInvokeThroughput)
+    ->ArgNames({"batch", "producers"})
+    ->ArgsProduct({{1, 8, 64, 256}, {1}})
+    ->Args({256, 2})
+    ->Args({256, 4})
+    ->Iterations(5)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+
+// --- round trips -------------------------------------------------------------------
+
+void round_trip(benchmark::State& state, std::chrono::microseconds gap) {
+    auto h = load("identity_batch", options(1, 1));
+    std::vector<double> ns;
+    int i = 0;
+    for (auto _ : state) {
+        if (gap.count() > 0) {
+            state.PauseTiming();
+            std::this_thread::sleep_for(gap);  // the workload: requests arrive 2 ms apart
+            state.ResumeTiming();
+        }
+        auto t0 = Clock::now();
+        benchmark::DoNotOptimize(h.queue_invoke([v = i++] { return v; }, cast_int).get());
+        ns.push_back(ns_since(t0));
+    }
+    state.counters["p50_us"] = percentile(ns, 0.5) / 1000;
+    state.counters["p99_us"] = percentile(ns, 0.99) / 1000;
+}
+void BM_RoundTripBackToBack(benchmark::State& state) { round_trip(state, std::chrono::microseconds(0)); }
+void BM_RoundTripEvery2ms(benchmark::State& state) { round_trip(state, std::chrono::milliseconds(2)); }
+BENCHMARK(BM_RoundTripBackToBack)->Iterations(20000);
+BENCHMARK(BM_RoundTripEvery2ms)->Iterations(300);
+
+// --- idle cost -------------------------------------------------------------------------
+
+double process_cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+void BM_IdleHandlersCpu(benchmark::State& state) {
+    const auto count = static_cast<std::size_t>(state.range(0));
+    std::vector<InvokeHandler> handlers;
+    for (std::size_t i = 0; i < count; ++i) handlers.push_back(load("identity_batch", options(8, 2)));
+    for (auto& h : handlers) h.queue_invoke([] { return 1; }, cast_int).get();  // every thread has run
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the brief idle spinning end
+    double cpu = 0;
+    double wall = 0;
+    for (auto _ : state) {
+        const double c0 = process_cpu_seconds();
+        const auto t0 = Clock::now();
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        cpu += process_cpu_seconds() - c0;
+        wall += std::chrono::duration<double>(Clock::now() - t0).count();
+    }
+    state.counters["cpu_pct_of_core"] = 100.0 * cpu / wall;
+}
+BENCHMARK(BM_IdleHandlersCpu)->Arg(64)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// --- memory per pending item ------------------------------------------------------------
+
+void BM_MemoryPerPendingItem(benchmark::State& state) {
+    const std::size_t items = static_cast<std::size_t>(state.range(0));
+    auto gate = python().loadPythonModule("pyscheduler_bench_funcs", "open_gate");
+    auto close = python().loadPythonModule("pyscheduler_bench_funcs", "close_gate");
+    for (auto _ : state) {
+        close.invoke<void>();
+        auto h = load("gated_identity", options(256, 1));
+        std::vector<std::future<int>> futures;
+        futures.reserve(items + 1);
+        futures.push_back(h.queue_invoke([] { return 0; }, cast_int));  // blocks the executor in Python
+        while (h.get_queue_stats().execute_queue_size != 0 || h.get_queue_stats().commit_queue_size != 0) {
+            std::this_thread::yield();  // wait until the first item is inside Python
+        }
+        const std::size_t before = mallinfo2().uordblks;
+        for (std::size_t i = 0; i < items; ++i) futures.push_back(h.queue_invoke([] { return 1; }, cast_int));
+        const std::size_t after = mallinfo2().uordblks;
+        state.counters["bytes_per_item"] = static_cast<double>(after - before) / static_cast<double>(items);
+        gate.invoke<void>();
+        for (auto& f : futures) f.get();
+    }
+}
+BENCHMARK(BM_MemoryPerPendingItem)->Arg(1000000)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// --- several handlers at once -----------------------------------------------------------
+
+void BM_MixedHandlers(benchmark::State& state) {
+    std::vector<InvokeHandler> handlers;
+    handlers.push_back(load("identity_batch", options(256, 8)));
+    handlers.push_back(load("double_batch", options(64, 4)));
+    handlers.push_back(load("sum_batch", options(8, 4)));
+    handlers.push_back(load("identity_batch", options(1, 4)));
+    const std::size_t per_handler = 20000;
+    double raw_ns = 0;
+    for (const char* fn : {"identity_batch", "double_batch", "sum_batch"}) {
+        raw_ns += raw_batch_ns_per_item(fn, fn[0] == 'i' ? 256 : fn[0] == 'd' ? 64 : 8, per_handler);
+    }
+    raw_ns += raw_batch_ns_per_item("identity_batch", 1, per_handler);
+    raw_ns /= 4;
+    double seconds = 0;
+    for (auto _ : state) {
+        const auto t0 = Clock::now();
+        std::vector<std::thread> producers;
+        for (int p = 0; p < 2; ++p) {
+            producers.emplace_back([&] {
+                std::vector<std::future<int>> futures;
+                futures.reserve(per_handler * handlers.size() / 2);
+                for (std::size_t i = 0; i < per_handler / 2; ++i) {
+                    for (auto& h : handlers) futures.push_back(h.queue_invoke([v = int(i)] { return v; }, cast_int));
+                }
+                for (auto& f : futures) benchmark::DoNotOptimize(f.get());
+            });
+        }
+        for (auto& t : producers) t.join();
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        state.SetIterationTime(s);
+        seconds += s;
+    }
+    const double ns_per_item =
+        seconds * 1e9 / static_cast<double>(per_handler * handlers.size() * state.iterations());
+    state.counters["items_per_s"] = 1e9 / ns_per_item;
+    state.counters["ns_per_item"] = ns_per_item;
+    state.counters["raw_ns_per_item"] = raw_ns;
+    state.counters["x_raw"] = ns_per_item / raw_ns;
+}
+BENCHMARK(BM_MixedHandlers)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

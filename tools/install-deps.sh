@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing pyscheduler needs, on Debian or Ubuntu:
+# system packages with apt-get, Python packages with pip into the given interpreter.
+# Usage: tools/install-deps.sh [PYTHON]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${1:-python3}"
+
+sudo=()
+[[ $(id -u) == 0 ]] || sudo=(sudo)
+packages=(cmake ninja-build g++ libconcurrentqueue-dev libdlpack-dev libgtest-dev libbenchmark-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: apt-get install ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+echo "install-deps: pip install into $("$python" -c 'import sys; print(sys.prefix)')"
+"$python" -m pip install --quiet --disable-pip-version-check -r "$here/python/requirements-dev.txt"
