@@ -7,6 +7,10 @@
 
 #include "test_support.hpp"
 
+// The replacements below pair operator new with std::free on purpose (both sides are
+// ours); GCC cannot see that and warns.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
 namespace {
 thread_local bool counting = false;
 thread_local std::size_t allocations = 0;

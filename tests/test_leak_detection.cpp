@@ -28,21 +28,25 @@ ChildResult run_child(const std::string& mode) {
     return r;
 }
 
-void skip_without_asan() {
-#ifndef PYSCHEDULER_ASAN
-    GTEST_SKIP() << "leak detection is checked in the ASan build (configure.sh --asan --test)";
+#ifdef PYSCHEDULER_ASAN
+constexpr bool kAsanBuild = true;
+#else
+constexpr bool kAsanBuild = false;
 #endif
-}
+
+// A macro, not a function: GTEST_SKIP() returns from the function it is written in.
+#define SKIP_WITHOUT_ASAN() \
+    if (!kAsanBuild) GTEST_SKIP() << "leak detection is checked in the ASan build (configure.sh --asan --test)"
 
 TEST(LeakDetection, CleanRunReportsNothing) {
-    skip_without_asan();
+    SKIP_WITHOUT_ASAN();
     auto r = run_child("none");
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(r.output.find("LeakSanitizer"), std::string::npos) << r.output;
 }
 
 TEST(LeakDetection, LeakedTaskNodeIsReported) {
-    skip_without_asan();
+    SKIP_WITHOUT_ASAN();
     auto r = run_child("task_node");
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("LeakSanitizer: detected memory leaks"), std::string::npos) << r.output;
@@ -50,7 +54,7 @@ TEST(LeakDetection, LeakedTaskNodeIsReported) {
 }
 
 TEST(LeakDetection, LeakedPythonObjectIsReported) {
-    skip_without_asan();
+    SKIP_WITHOUT_ASAN();
     auto r = run_child("py_object");
     EXPECT_NE(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("LeakSanitizer: detected memory leaks"), std::string::npos) << r.output;

@@ -22,7 +22,7 @@ struct DefaultPolicy {
     /// How many times an idle stage spins on its semaphore before it parks in the
     /// kernel. Spinning shortens the wake-up of a stage that is about to get work;
     /// parking makes idle handlers cost no CPU.
-    static constexpr int idle_spins = 1000;
+    static constexpr int idle_spins = 10000;
 };
 
 }  // namespace pyscheduler

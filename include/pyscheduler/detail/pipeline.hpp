@@ -111,7 +111,6 @@ public:
     /// Hands one item to the commit thread. Blocks while a bounded queue is full
     /// (with the GIL released, if the caller held it).
     void submit(TaskBase* task) {
-        task->where = &name_;
         if (free_slots_ && !free_slots_->tryWait()) {
             GilRelease unlocked;
             free_slots_->wait();
@@ -205,16 +204,16 @@ private:
         const auto start = now();
         bool needs_gil = false;
         for (std::size_t i = 0; i < n; ++i) {
-            if (items[i]->commit_needs_gil) {
+            if (items[i]->commit_needs_gil()) {
                 needs_gil = true;
             } else {
-                items[i]->commit();
+                items[i]->commit(name_);
             }
         }
         if (needs_gil) {  // one GIL hold for every Python-object commit of the chunk
             GilHold gil;
             for (std::size_t i = 0; i < n; ++i) {
-                if (items[i]->commit_needs_gil) items[i]->commit();
+                if (items[i]->commit_needs_gil()) items[i]->commit(name_);
             }
         }
         record(commit_batch_ema_, commit_ns_ema_, n, start);
@@ -292,7 +291,7 @@ private:
             if (PyList_Check(r) || PyTuple_Check(r)) {
                 check_length(PySequence_Fast_GET_SIZE(r), n);
                 PyObject** results = PySequence_Fast_ITEMS(r);
-                for (std::size_t i = 0; i < n; ++i) items[i]->deliver(results[i]);
+                for (std::size_t i = 0; i < n; ++i) items[i]->deliver(results[i], name_);
             } else if (PySequence_Check(r) && !PyUnicode_Check(r) && !PyBytes_Check(r) && !PyByteArray_Check(r)) {
                 const Py_ssize_t len = PySequence_Size(r);
                 if (len < 0) throw py::error_already_set();
@@ -303,7 +302,7 @@ private:
                         items[i]->fail(capture_result_error(i));
                         continue;
                     }
-                    items[i]->deliver(item);
+                    items[i]->deliver(item, name_);
                 }
             } else {
                 throw ResultError(name_ + " returned " + Py_TYPE(r)->tp_name + ", expected a list of " +

@@ -1,22 +1,21 @@
 // pyscheduler/detail/task.hpp - the type-erased node that carries one queued item
-// through the pipeline, and the one-allocation block it lives in.
+// through the pipeline, and the one heap block it lives in.
 //
 // A queued item needs: the user's commit function, callback and arguments, the
 // committed value, the callback's result, and a std::promise whose shared state the
 // returned std::future points at. std::promise normally allocates twice (shared state
-// and result storage). Here everything lives in one heap block:
+// and result storage). Here everything lives in one block:
 //
-//     [ BlockHeader | arena (promise state + result storage) | Task ]
+//     [ BlockHeader (16 B) | arena: promise state + result storage | Task ]
 //
 // The promise is built with an allocator that carves its two allocations out of the
-// arena. The block is freed when both the pipeline is done with the Task and the
-// promise machinery has given its arena allocations back (i.e. the future is gone).
+// arena. The arena's size is measured once per result type R (by building one
+// promise with the same allocator type in "measure" mode), so it fits exactly with
+// any standard library. The block is freed when the pipeline is done with the Task
+// and the future side has given its arena allocations back.
 #pragma once
 
 #include <pybind11/pybind11.h>
-
-#include "pyscheduler/detail/config.hpp"
-#include "pyscheduler/detail/interpreter.hpp"
 
 #include <atomic>
 #include <cstddef>
@@ -33,42 +32,75 @@
 #include <type_traits>
 #include <utility>
 
+#include "pyscheduler/detail/config.hpp"
+#include "pyscheduler/detail/interpreter.hpp"
+
 namespace pyscheduler::detail {
 
 namespace py = pybind11;
 
 // --- the block and its arena -------------------------------------------------
 
-class BlockHeader {
+inline constexpr std::size_t align_up(std::size_t n, std::size_t a) noexcept { return (n + a - 1) & ~(a - 1); }
+
+class alignas(16) BlockHeader {
 public:
-    BlockHeader(unsigned char* arena, std::uint32_t capacity, void (*free_block)(BlockHeader*)) noexcept
-        : arena_(arena), capacity_(capacity), free_block_(free_block) {}
+    /// capacity == 0: "measure" mode, every allocation goes to the heap but `wanted`
+    /// still records the arena bytes they would have taken.
+    BlockHeader(std::uint32_t capacity, std::uint32_t block_align) noexcept
+        : capacity_(capacity), align_(block_align) {}
 
     /// Bump-allocates from the arena; nullptr when it does not fit. Only called while
     /// the promise is constructed, on one thread.
     void* allocate(std::size_t bytes, std::size_t align) noexcept {
-        const std::size_t offset = (used_ + align - 1) & ~(align - 1);
-        if (offset + bytes > capacity_) return nullptr;
-        used_ = static_cast<std::uint32_t>(offset + bytes);
+        const std::size_t offset = align_up(wanted_, align);
+        wanted_ = static_cast<std::uint32_t>(offset + bytes);
+        if (align > 16 || wanted_ > capacity_) return nullptr;
         refs_.fetch_add(1, std::memory_order_relaxed);
-        return arena_ + offset;
+        return arena() + offset;
     }
     bool owns(const void* p) const noexcept {
         auto* b = static_cast<const unsigned char*>(p);
-        return b >= arena_ && b < arena_ + capacity_;
+        return b >= arena() && b < arena() + capacity_;
     }
+    std::size_t wanted() const noexcept { return wanted_; }
+
     /// Drops one reference: the Task's own, or one arena allocation's.
     void release() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) free_block_(this);
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            const std::uint32_t align = align_;
+            this->~BlockHeader();
+            free_block(this, align);
+        }
+    }
+
+    /// Plain operator new already aligns to 16 bytes; the aligned overload rounds the
+    /// size up to the alignment, which costs a malloc size class. Used for over-aligned
+    /// tasks only.
+    static void* allocate_block(std::size_t size, std::size_t align) {
+        return align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ ? ::operator new(size)
+                                                         : ::operator new(size, std::align_val_t(align));
+    }
+    static void free_block(void* p, std::size_t align) noexcept {
+        if (align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
+            ::operator delete(p);
+        } else {
+            ::operator delete(p, std::align_val_t(align));
+        }
     }
 
 private:
+    unsigned char* arena() noexcept { return reinterpret_cast<unsigned char*>(this) + sizeof(BlockHeader); }
+    const unsigned char* arena() const noexcept {
+        return reinterpret_cast<const unsigned char*>(this) + sizeof(BlockHeader);
+    }
+
     std::atomic<std::uint32_t> refs_{1};  // the Task itself + live arena allocations
-    std::uint32_t used_ = 0;
-    unsigned char* arena_;
+    std::uint32_t wanted_ = 0;            // arena bytes asked for so far
     std::uint32_t capacity_;
-    void (*free_block_)(BlockHeader*);
+    std::uint32_t align_;  // alignment the block was allocated with (for free_block)
 };
+static_assert(sizeof(BlockHeader) == 16);
 
 /// Allocator handed to std::promise: serves from the block's arena, falls back to
 /// the heap for anything that does not fit.
@@ -93,36 +125,49 @@ struct ArenaAllocator {
         }
     }
     template <class U>
-    bool operator==(const ArenaAllocator<U>& o) const noexcept { return block == o.block; }
+    bool operator==(const ArenaAllocator<U>& o) const noexcept {
+        return block == o.block;
+    }
 };
+
+/// Arena bytes a std::promise<R> built with ArenaAllocator takes: measured once.
+template <class R>
+std::size_t promise_arena_bytes() {
+    static const std::size_t bytes = [] {
+        BlockHeader probe(0, 16);
+        { std::promise<R> p(std::allocator_arg, ArenaAllocator<char>(&probe)); }
+        return probe.wanted();
+    }();
+    return bytes;
+}
 
 // --- the type-erased task ----------------------------------------------------
 
 /// What the pipeline sees of a queued item. The stages call, in order:
-///   commit()            commit thread; GIL held iff commit_needs_gil
+///   commit()            commit thread; GIL held iff commit_needs_gil()
 ///   to_python()         executor, GIL held (skipped once the item has failed)
 ///   deliver(result)     executor, GIL held (skipped once the item has failed)
 ///   drop_closures()     executor, GIL held: user closures may own Python objects
 ///   complete()          executor, GIL released: fulfils the promise, frees the block
 /// fail() may be called at any step; the item then skips to drop_closures().
+/// `where` ("module.function") only serves error messages.
 class TaskBase {
 public:
-    explicit TaskBase(bool commit_needs_gil) noexcept : commit_needs_gil(commit_needs_gil) {}
+    TaskBase() = default;
     TaskBase(const TaskBase&) = delete;
     TaskBase& operator=(const TaskBase&) = delete;
 
-    virtual void commit() noexcept = 0;
+    virtual bool commit_needs_gil() const noexcept = 0;
+    virtual void commit(const std::string& where) noexcept = 0;
     virtual py::object to_python() = 0;
-    virtual void deliver(py::handle result) noexcept = 0;
+    virtual void deliver(py::handle result, const std::string& where) noexcept = 0;
     virtual void drop_closures() noexcept = 0;
     virtual void complete() noexcept = 0;
 
     void fail(std::exception_ptr e) noexcept { error = std::move(e); }
     bool failed() const noexcept { return error != nullptr; }
 
-    const bool commit_needs_gil;
     std::exception_ptr error;
-    const std::string* where = nullptr;  // "module.function", for error messages
 
 protected:
     ~TaskBase() = default;
@@ -157,19 +202,24 @@ public:
 
     template <class C, class B, class... A>
     Task(BlockHeader* block, C&& commit, B&& callback, A&&... args)
-        : TaskBase(is_python_object_v<Committed>),
-          promise_(std::allocator_arg, ArenaAllocator<char>(block)),
-          block_(block),
+        : promise_(std::allocator_arg, ArenaAllocator<char>(block)),
           closures_(std::in_place, std::forward<C>(commit), std::forward<B>(callback),
                     std::tuple<Args...>(std::forward<A>(args)...)) {}
 
+    /// Offset of the Task from its block's start (header + arena).
+    static std::size_t offset_in_block() {
+        return align_up(sizeof(BlockHeader) + promise_arena_bytes<R>(), alignof(Task));
+    }
+
     std::future<R> get_future() { return promise_.get_future(); }
 
-    void commit() noexcept override {
+    bool commit_needs_gil() const noexcept override { return is_python_object_v<Committed>; }
+
+    void commit(const std::string& where) noexcept override {
         try {
             closures_->committed.emplace(std::apply(std::move(closures_->commit), std::move(closures_->args)));
         } catch (...) {
-            fail(capture_exception("commit function of " + *where));
+            fail(capture_exception("commit function of " + where));
         }
     }
 
@@ -188,7 +238,7 @@ public:
         }
     }
 
-    void deliver(py::handle result) noexcept override {
+    void deliver(py::handle result, const std::string& where) noexcept override {
         try {
             if constexpr (std::is_void_v<R>) {
                 std::invoke(std::move(closures_->callback), py::reinterpret_borrow<py::object>(result));
@@ -198,7 +248,7 @@ public:
                     std::invoke(std::move(closures_->callback), py::reinterpret_borrow<py::object>(result)));
             }
         } catch (...) {
-            fail(capture_exception("callback of " + *where));
+            fail(capture_exception("callback of " + where));
         }
     }
 
@@ -220,7 +270,7 @@ public:
             } catch (...) {
             }
         }
-        BlockHeader* block = block_;
+        auto* block = reinterpret_cast<BlockHeader*>(reinterpret_cast<unsigned char*>(this) - offset_in_block());
         this->~Task();
         block->release();
     }
@@ -230,53 +280,32 @@ private:
         template <class C, class B>
         Closures(C&& c, B&& b, std::tuple<Args...>&& a)
             : commit(std::forward<C>(c)), callback(std::forward<B>(b)), args(std::move(a)) {}
-        Commit commit;
-        Callback callback;
-        std::tuple<Args...> args;
+        [[no_unique_address]] Commit commit;
+        [[no_unique_address]] Callback callback;
+        [[no_unique_address]] std::tuple<Args...> args;
         std::optional<Committed> committed;
     };
 
     std::promise<R> promise_;
-    BlockHeader* block_;
     std::optional<Closures> closures_;
     ResultSlot<R> result_;
-};
-
-/// Bytes of arena that hold a std::promise<R>'s shared state and result storage.
-/// Sized for libstdc++ (checked by tests/test_allocation.cpp); whatever does not fit
-/// falls back to the heap, which is still correct, only slower.
-template <class R>
-struct arena_bytes {
-    static constexpr std::size_t value = 112 + ((sizeof(R) + alignof(R) + 15) & ~std::size_t{15});
-};
-template <>
-struct arena_bytes<void> {
-    static constexpr std::size_t value = 112;
-};
-
-template <class TaskT, std::size_t ArenaBytes>
-struct TaskBlock {
-    BlockHeader header;
-    alignas(std::max_align_t) unsigned char arena[ArenaBytes];
-    alignas(TaskT) unsigned char task[sizeof(TaskT)];
-
-    static void free_block(BlockHeader* h) noexcept { delete reinterpret_cast<TaskBlock*>(h); }
-    TaskBlock() noexcept : header(arena, ArenaBytes, &TaskBlock::free_block) {}
 };
 
 /// Allocates one block and builds the Task in it. Returns the task and its future.
 template <class R, class Commit, class Callback, class... Args, class C, class B, class... A>
 std::pair<TaskBase*, std::future<R>> make_task(C&& commit, B&& callback, A&&... args) {
     using TaskT = Task<R, Commit, Callback, Args...>;
-    using Block = TaskBlock<TaskT, arena_bytes<R>::value>;
-    static_assert(std::is_standard_layout_v<Block>);
-    auto* block = new Block();
+    const std::size_t offset = TaskT::offset_in_block();
+    const std::size_t align = std::max<std::size_t>(16, alignof(TaskT));
+    void* memory = BlockHeader::allocate_block(offset + sizeof(TaskT), align);
+    auto* block = ::new (memory) BlockHeader(static_cast<std::uint32_t>(offset - sizeof(BlockHeader)),
+                                             static_cast<std::uint32_t>(align));
     TaskT* task;
     try {
-        task = ::new (static_cast<void*>(block->task))
-            TaskT(&block->header, std::forward<C>(commit), std::forward<B>(callback), std::forward<A>(args)...);
+        task = ::new (static_cast<unsigned char*>(memory) + offset)
+            TaskT(block, std::forward<C>(commit), std::forward<B>(callback), std::forward<A>(args)...);
     } catch (...) {
-        delete block;
+        block->release();  // the Task's reference; arena allocations were given back by unwinding
         throw;
     }
     return {task, task->get_future()};
