@@ -11,6 +11,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -30,6 +31,23 @@ namespace pyscheduler {
 
 template <class Policy>
 class PYSCHEDULER_HIDDEN BasicPyManager;
+
+/// Waits for `future` with the GIL released if this thread holds it, then returns
+/// its value. Callbacks run with the GIL held: a callback that blocked on another
+/// handler's future with a plain get() would keep that handler's executor from ever
+/// taking the GIL. Use this instead.
+template <class T>
+T wait_and_get(std::future<T>& future) {
+    {
+        detail::GilRelease unlocked;
+        future.wait();
+    }
+    return future.get();
+}
+template <class T>
+T wait_and_get(std::future<T>&& future) {
+    return wait_and_get(future);
+}
 
 /// A Python function bound to its own pipeline. Move-only; moving keeps in-flight
 /// work. The destructor drains: every queued item completes before it returns.
@@ -92,19 +110,34 @@ public:
                  std::invocable<std::decay_t<Callback>&&, pybind11::object>
     std::future<R> queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
         auto& p = pipeline();
-        auto [task, future] =
-            detail::make_task<R, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
-                std::forward<Commit>(commit), std::forward<Callback>(callback), std::forward<Args>(args)...);
-        try {
-            p.submit(task);
-        } catch (...) {
-            task->fail(std::current_exception());
-            task->drop_closures();
-            task->complete();
-            throw;
-        }
-        return std::move(future);
+        p.reserve_slot(/*wait=*/true);
+        return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                          std::forward<Args>(args)...);
     }
+
+    /// As queue_invoke, but never blocks: when a bounded queue (queue_capacity > 0) is
+    /// full, returns an empty optional and leaves the arguments untouched.
+    template <class Commit, class Callback, class... Args,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
+                 std::invocable<std::decay_t<Callback>&&, pybind11::object>
+    std::optional<std::future<R>> try_queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
+        auto& p = pipeline();
+        if (!p.reserve_slot(/*wait=*/false)) return std::nullopt;
+        return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                          std::forward<Args>(args)...);
+    }
+
+    /// Stops the handler's threads. Drain runs everything queued (what the destructor
+    /// does); Cancel fails every item not yet handed to Python with Cancelled, lets a
+    /// batch already in Python finish, and returns promptly. Idempotent, and safe while
+    /// other threads still call queue_invoke: items queued afterwards get a future
+    /// that fails with Cancelled. Synchronous invoke keeps working.
+    void shutdown(ShutdownMode mode = ShutdownMode::Drain) { pipeline().shutdown(mode); }
+
+    /// True once shutdown() has begun: new items are refused (their futures fail with
+    /// Cancelled).
+    bool is_shut_down() const { return pipeline().stopped(); }
 
     /// A snapshot of the pipeline's counters and moving averages.
     QueueStats get_queue_stats() const { return pipeline().stats(); }
@@ -120,6 +153,37 @@ private:
     using Pipeline = detail::Pipeline<Policy>;
 
     explicit BasicInvokeHandler(std::unique_ptr<Pipeline> p) noexcept : pipeline_(std::move(p)) {}
+
+    /// Builds the item (its queue slot already reserved) and queues it.
+    template <class R, class Commit, class Callback, class... Args>
+    std::future<R> enqueue(Pipeline& p, Commit&& commit, Callback&& callback, Args&&... args) {
+        std::pair<detail::TaskBase*, std::future<R>> item;
+        try {
+            item = detail::make_task<R, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
+                std::forward<Commit>(commit), std::forward<Callback>(callback), std::forward<Args>(args)...);
+        } catch (...) {
+            p.unreserve_slot();
+            throw;
+        }
+        bool queued = false;
+        std::exception_ptr error;
+        try {
+            queued = p.submit(item.first);
+        } catch (...) {
+            error = std::current_exception();
+        }
+        if (!queued) {  // completes here, so that nothing is lost; closures die under the GIL
+            p.unreserve_slot();
+            {
+                detail::GilHold gil;
+                item.first->fail(error ? error : p.refused());
+                item.first->drop_closures();
+            }
+            item.first->complete();
+            if (error) std::rethrow_exception(error);
+        }
+        return std::move(item.second);
+    }
 
     Pipeline& pipeline() const {
         if (!pipeline_) throw std::logic_error("pyscheduler: InvokeHandler used after it was moved from");

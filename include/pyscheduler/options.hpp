@@ -27,4 +27,10 @@ struct HandlerOptions {
     std::size_t queue_capacity = 0;
 };
 
+/// What `InvokeHandler::shutdown` does with work that has not run yet.
+enum class ShutdownMode {
+    Drain,   ///< run everything queued (what the destructor does)
+    Cancel,  ///< fail every item not yet handed to Python with pyscheduler::Cancelled
+};
+
 }  // namespace pyscheduler

@@ -91,3 +91,40 @@ def sum_lists(items):
 
 
 not_callable = 42
+
+
+# --- gates: keep a batch inside Python until the test lets it go -------------------
+_entered = threading.Event()
+_gate = threading.Event()
+
+
+def gated_identity(items):
+    _entered.set()
+    _gate.wait()
+    return items
+
+
+def wait_until_entered():
+    _entered.wait()
+
+
+def open_gate():
+    _gate.set()
+
+
+def close_gate():
+    _gate.clear()
+    _entered.clear()
+
+
+def raise_on_negative_each(items):
+    """Raises for the whole batch when any item is negative (failure injection)."""
+    if any(x < 0 for x in items):
+        raise ValueError("injected failure")
+    return [x * 3 for x in items]
+
+
+def via_cpp(items):
+    """Calls back into C++ (tests register pyscheduler_reentry), which invokes another handler."""
+    import pyscheduler_reentry
+    return [pyscheduler_reentry.call_b(x) for x in items]

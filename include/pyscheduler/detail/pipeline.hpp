@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -88,6 +89,7 @@ public:
             commit_thread_ = std::thread([this] { commit_loop(); });
             executor_thread_ = std::thread([this] { executor_loop(); });
         } catch (...) {
+            stopped_.store(true);
             stop_and_join();
             process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
             fn_.release().dec_ref();
@@ -98,30 +100,66 @@ public:
     Pipeline(const Pipeline&) = delete;
     Pipeline& operator=(const Pipeline&) = delete;
 
-    /// Drains: returns once every item queued before the call has completed.
+    /// Drains (unless shut down already): returns once every queued item has completed.
     ~Pipeline() {
-        stop_and_join();
-        {
-            GilHold gil;
-            fn_ = py::object();
-        }
-        process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
+        shutdown(ShutdownMode::Drain);
+        GilHold gil;
+        fn_ = py::object();
     }
 
-    /// Hands one item to the commit thread. Blocks while a bounded queue is full
-    /// (with the GIL released, if the caller held it).
-    void submit(TaskBase* task) {
-        if (free_slots_ && !free_slots_->tryWait()) {
-            GilRelease unlocked;
-            free_slots_->wait();
-        }
+    /// Bounded queues: takes one of the queue's free slots, waiting for one (with the
+    /// GIL released, if the caller held it) when `wait`; false when full and not
+    /// `wait`. Unbounded queues: always true. Taken before the item is built, so a
+    /// full queue costs the caller nothing (its moved arguments stay with it).
+    bool reserve_slot(bool wait) {
+        if (!free_slots_ || free_slots_->tryWait()) return true;
+        if (!wait) return false;
+        GilRelease unlocked;
+        free_slots_->wait();
+        return true;
+    }
+
+    /// Gives back a slot taken by reserve_slot() for an item that was not queued.
+    void unreserve_slot() noexcept {
+        if (free_slots_) free_slots_->signal();
+    }
+
+    /// Hands one item (its slot reserved) to the commit thread. False when the
+    /// handler is shut down: the item was not queued.
+    bool submit(TaskBase* task) {
+        // `active_` tells shutdown() that a producer may be about to enqueue: it waits
+        // for those before it enqueues the sentinel, so no item lands behind it.
+        active_.fetch_add(1, std::memory_order_seq_cst);
+        struct Leave {
+            std::atomic<long>& active;
+            ~Leave() { active.fetch_sub(1, std::memory_order_release); }
+        } leave{active_};
+        if (stopped_.load(std::memory_order_seq_cst)) return false;
         enqueued_.fetch_add(1, std::memory_order_relaxed);
         if (!queue_.enqueue(task)) {
             enqueued_.fetch_sub(1, std::memory_order_relaxed);
-            if (free_slots_) free_slots_->signal();
             throw std::bad_alloc();
         }
+        return true;
     }
+
+    /// Stops the pipeline; idempotent, and safe while producers are still calling
+    /// submit() (theirs are then refused with Stopped). Drain: every queued item runs.
+    /// Cancel: items not yet handed to Python fail with Cancelled; a batch already in
+    /// Python finishes. Returns when both threads have exited.
+    void shutdown(ShutdownMode mode) {
+        std::lock_guard<std::mutex> lock(shutdown_mutex_);
+        if (stopped_.load(std::memory_order_relaxed)) return;
+        if (mode == ShutdownMode::Cancel) cancel_.store(true, std::memory_order_release);
+        stopped_.store(true, std::memory_order_seq_cst);  // after cancel_: stopped() implies the mode is set
+        // Producers that got past the stopped_ check are between two instructions of
+        // submit(); wait for them, briefly, so that their items precede the sentinel.
+        while (active_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+        stop_and_join();
+        process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
+    }
+
+    bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
 
     const py::object& function() const noexcept { return fn_; }
     const std::string& name() const noexcept { return name_; }
@@ -202,6 +240,10 @@ private:
 
     void commit_chunk(TaskBase** items, std::size_t n) {
         const auto start = now();
+        if (cancel_.load(std::memory_order_acquire)) {  // passed on: the executor drops them under the GIL
+            for (std::size_t i = 0; i < n; ++i) items[i]->fail(cancelled());
+            return;
+        }
         bool needs_gil = false;
         for (std::size_t i = 0; i < n; ++i) {
             if (items[i]->commit_needs_gil()) {
@@ -227,27 +269,34 @@ private:
         const auto delay = options_.max_batch_delay;
         std::vector<TaskBase*> batch(options_.batch_size);
         for (bool stop = false; !stop;) {
-            std::ptrdiff_t n = ready_.waitMany(batch_size);
-            if (delay.count() > 0 && n < batch_size) {
+            std::size_t m = 0;
+            auto take = [&](std::ptrdiff_t acquired) {  // pops at once: the sentinel ends any wait
+                for (std::ptrdiff_t i = 0; i < acquired; ++i) {
+                    if (TaskBase* t = ring_.pop()) {
+                        batch[m++] = t;
+                    } else {
+                        stop = true;  // the sentinel is always the last item
+                    }
+                }
+            };
+            take(ready_.waitMany(batch_size));
+            if (delay.count() > 0) {
                 const auto deadline = clock::now() + delay;
-                while (n < batch_size) {
+                while (!stop && m < options_.batch_size) {
                     const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now());
                     if (left.count() <= 0) break;
-                    const auto more = ready_.waitMany(batch_size - n, left.count());
+                    const auto more = ready_.waitMany(batch_size - static_cast<std::ptrdiff_t>(m), left.count());
                     if (more == 0) break;
-                    n += more;
-                }
-            }
-            std::size_t m = 0;
-            for (std::ptrdiff_t i = 0; i < n; ++i) {
-                if (TaskBase* t = ring_.pop()) {
-                    batch[m++] = t;
-                } else {
-                    stop = true;  // the sentinel is always the last item
+                    take(more);
                 }
             }
             room_.signal(static_cast<std::ptrdiff_t>(m));
             taken_.fetch_add(m, std::memory_order_relaxed);
+            if (cancel_.load(std::memory_order_acquire)) {
+                for (std::size_t i = 0; i < m; ++i) {
+                    if (!batch[i]->failed()) batch[i]->fail(cancelled());
+                }
+            }
             if (m > 0) run_batch(batch.data(), m);
         }
     }
@@ -314,6 +363,17 @@ private:
         }
     }
 
+    std::exception_ptr cancelled() const {
+        return std::make_exception_ptr(Cancelled(name_ + ": cancelled by shutdown(ShutdownMode::Cancel)"));
+    }
+
+public:
+    /// For items refused because the handler is shut down.
+    std::exception_ptr refused() const {
+        return std::make_exception_ptr(Cancelled(name_ + ": the handler was shut down before this item was queued"));
+    }
+
+private:
     void check_length(Py_ssize_t len, std::size_t n) const {
         if (static_cast<std::size_t>(len) != n) {
             throw ResultError(name_ + " returned " + std::to_string(len) + " results for a batch of " +
@@ -374,6 +434,11 @@ private:
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<double> execute_batch_ema_{0};
     std::atomic<double> execute_ns_ema_{0};
+
+    alignas(64) std::atomic<long> active_{0};  // producers inside submit()
+    std::atomic<bool> stopped_{false};
+    std::atomic<bool> cancel_{false};
+    std::mutex shutdown_mutex_;
 
     ProcessState& process_;
     std::thread commit_thread_;
