@@ -20,9 +20,13 @@ tests, runs an example, benchmarks or installs.
       --tsan            ThreadSanitizer build (build-<Mode>-tsan)
       --flame           keep frame pointers (for perf / flame graphs)
   -p, --prefix PATH     install prefix (default: $PYSCHEDULER_PREFIX, else /usr/local)
-      --python PATH     the Python interpreter to embed (default: python3 on PATH)
+      --python PATH     the Python interpreter to embed; its environment (a venv included)
+                        is what the embedded interpreter sees. Default: .venv-X.Y (made by
+                        --deps from python3 on PATH) if it exists, else python3 on PATH
+      --build-dir DIR   build directory (default: build-<Mode>[-asan|-tsan])
   -j, --jobs N          parallel build jobs (default: number of cores)
-      --deps            install the system (apt-get) and Python (pip) dependencies first
+      --deps            install the system (apt-get) and Python (pip) dependencies first:
+                        into --python if given, else into a new .venv-X.Y made from python3
       --build           build after configuring (implied by --test, --run, --bench, --install)
       --test            build the tests and examples, and run them all with ctest
       --run NAME        build the examples and run examples/NAME
@@ -50,7 +54,8 @@ examples=OFF
 sanitizer=""
 flame=OFF
 prefix="${PYSCHEDULER_PREFIX:-/usr/local}"
-python="$(command -v python3 || true)"
+python=""
+build_dir=""
 jobs="$(nproc 2>/dev/null || echo 2)"
 deps=0
 build=0
@@ -72,6 +77,7 @@ while [[ $# -gt 0 ]]; do
         --flame) flame=ON ;;
         -p|--prefix) need_arg "$@"; prefix="$2"; shift ;;
         --python) need_arg "$@"; python="$2"; shift ;;
+        --build-dir) need_arg "$@"; build_dir="$2"; shift ;;
         -j|--jobs) need_arg "$@"; jobs="$2"; shift ;;
         --deps) deps=1 ;;
         --build) build=1 ;;
@@ -96,20 +102,30 @@ if [[ $bench == 1 ]]; then
     mode=Release
 fi
 
-# --- dependencies -------------------------------------------------------------
-if [[ $deps == 1 ]]; then
-    "$here/tools/install-deps.sh" "${python:-python3}"
-    [[ -n "$python" ]] || python="$(command -v python3)"
+# --- dependencies and the interpreter to embed -----------------------------------
+version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+if [[ -z "$python" ]]; then
+    base="$(command -v python3 || true)"
+    [[ -n "$base" ]] || die "no python3 on PATH; pass --python PATH"
+    venv="$here/.venv-$(version_of "$base")"
+    if [[ $deps == 1 && ! -x "$venv/bin/python" ]]; then
+        "$here/tools/install-deps.sh" --system-only  # python3-venv on Debian
+        echo "configure.sh: creating $venv"
+        "$base" -m venv "$venv"
+    fi
+    if [[ -x "$venv/bin/python" ]]; then python="$venv/bin/python"; else python="$base"; fi
 fi
-[[ -n "$python" ]] || die "no python3 found on PATH; pass --python PATH"
 python="$(command -v "$python" || echo "$python")"
 [[ -x "$python" ]] || die "--python: '$python' is not an executable"
+if [[ $deps == 1 ]]; then
+    "$here/tools/install-deps.sh" "$python"
+fi
 
 # --- configure ----------------------------------------------------------------
 suffix=""
 [[ "$sanitizer" == address ]] && suffix=-asan
 [[ "$sanitizer" == thread ]] && suffix=-tsan
-build_dir="$here/build-$mode$suffix"
+[[ -n "$build_dir" ]] || build_dir="$here/build-$mode$suffix"
 generator=()  # Ninja when available; an existing build directory keeps its generator
 if [[ ! -f "$build_dir/CMakeCache.txt" ]] && command -v ninja >/dev/null 2>&1; then
     generator=(-G Ninja)

@@ -4,6 +4,7 @@
 // kept, so it can be copied, rethrown and destroyed on any thread without the GIL.
 #pragma once
 
+#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,11 @@ namespace pyscheduler {
 class Error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
+    virtual ~Error() = default;
+
+    /// An independent copy (its own message buffer, not a shared one), thrown as the
+    /// dynamic type. Used to give every future of a failed batch its own exception.
+    virtual std::exception_ptr clone() const { return std::make_exception_ptr(Error(std::string(what()))); }
 };
 
 /// The Python function (or Python code run by a commit or callback) raised.
@@ -26,7 +32,11 @@ public:
     PythonError(std::string where, std::string type_name, std::string message, std::string traceback)
         : Error(compose(where, type_name, message, traceback)),
           parts_(std::make_shared<const Parts>(
-              Parts{std::move(type_name), std::move(message), std::move(traceback)})) {}
+              Parts{std::move(where), std::move(type_name), std::move(message), std::move(traceback)})) {}
+
+    std::exception_ptr clone() const override {
+        return std::make_exception_ptr(PythonError(parts_->where, parts_->type_name, parts_->message, parts_->traceback));
+    }
 
     /// Qualified name of the Python exception type, e.g. "ValueError" or "mymod.MyError".
     const std::string& type_name() const noexcept { return parts_->type_name; }
@@ -37,6 +47,7 @@ public:
 
 private:
     struct Parts {
+        std::string where;
         std::string type_name;
         std::string message;
         std::string traceback;
@@ -56,12 +67,14 @@ private:
 class ResultError : public Error {
 public:
     using Error::Error;
+    std::exception_ptr clone() const override { return std::make_exception_ptr(ResultError(std::string(what()))); }
 };
 
 /// The item was cancelled by `InvokeHandler::shutdown(ShutdownMode::Cancel)` before it ran.
 class Cancelled : public Error {
 public:
     using Error::Error;
+    std::exception_ptr clone() const override { return std::make_exception_ptr(Cancelled(std::string(what()))); }
 };
 
 }  // namespace pyscheduler

@@ -11,6 +11,7 @@
 #include <pybind11/embed.h>
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -85,16 +86,52 @@ inline void finalize_at_exit() noexcept {
     }
 }
 
+/// The Python environment to embed, as the path of its interpreter executable; empty
+/// for CPython's own default (the prefix of the libpython that is linked). In order:
+///   1. $PYSCHEDULER_PYTHON, the explicit run-time override;
+///   2. $VIRTUAL_ENV/bin/python, an activated virtual environment;
+///   3. the interpreter the build was configured with (PYSCHEDULER_PYTHON_EXECUTABLE,
+///      set by the CMake target), when it still exists.
+/// CPython derives sys.prefix and site-packages from it, reading pyvenv.cfg for a venv,
+/// so no PYTHONPATH or PYTHONHOME is needed. A path from 1 or 2 that is not an
+/// executable file is an error naming it.
+inline std::string python_executable_to_embed() {
+    auto usable = [](const std::string& path) { return ::access(path.c_str(), X_OK) == 0; };
+    if (const char* override_path = std::getenv("PYSCHEDULER_PYTHON"); override_path && *override_path) {
+        if (!usable(override_path)) {
+            throw std::runtime_error(std::string("pyscheduler: PYSCHEDULER_PYTHON=") + override_path +
+                                     " is not an executable Python interpreter");
+        }
+        return override_path;
+    }
+    if (const char* venv = std::getenv("VIRTUAL_ENV"); venv && *venv) {
+        const std::string path = std::string(venv) + "/bin/python";
+        if (!usable(path)) {
+            throw std::runtime_error("pyscheduler: VIRTUAL_ENV=" + std::string(venv) + " has no interpreter at " +
+                                     path);
+        }
+        return path;
+    }
+#ifdef PYSCHEDULER_PYTHON_EXECUTABLE
+    if (usable(PYSCHEDULER_PYTHON_EXECUTABLE)) return PYSCHEDULER_PYTHON_EXECUTABLE;
+#endif
+    return {};
+}
+
 /// GIL not held. Starts CPython, without its signal handlers, on the calling thread.
 inline ProcessState* initialize_interpreter() {
+    const std::string executable = python_executable_to_embed();
     PyConfig config;
     PyConfig_InitPythonConfig(&config);
     config.install_signal_handlers = 0;  // the host program owns SIGINT & co.
     config.parse_argv = 0;
-    PyStatus status = Py_InitializeFromConfig(&config);
+    PyStatus status = PyStatus_Ok();
+    if (!executable.empty()) status = PyConfig_SetBytesString(&config, &config.executable, executable.c_str());
+    if (PyStatus_Exception(status) == 0) status = Py_InitializeFromConfig(&config);
     PyConfig_Clear(&config);
     if (PyStatus_Exception(status) != 0) {
-        throw std::runtime_error(std::string("pyscheduler: cannot initialize Python: ") +
+        throw std::runtime_error(std::string("pyscheduler: cannot initialize Python") +
+                                 (executable.empty() ? "" : " for " + executable) + ": " +
                                  (status.err_msg != nullptr ? status.err_msg : "unknown error"));
     }
     ProcessState* st = nullptr;
@@ -132,27 +169,32 @@ inline ProcessState& ensure_interpreter() {
     return *st;
 }
 
-/// GIL held. Turns a Python exception into a PythonError that holds only strings.
-inline PythonError to_python_error(const py::error_already_set& e, const std::string& where) {
+/// GIL held. A PythonError (strings only) for the Python exception `value` of type
+/// `type` with traceback `trace` (either may be null).
+inline PythonError python_error_from(py::handle type, py::handle value, py::handle trace, const std::string& where) {
     std::string type_name = "<unknown exception>";
     std::string message;
     std::string traceback;
     try {
-        if (py::handle type = e.type()) {
+        if (type) {
             const auto module = py::str(type.attr("__module__")).cast<std::string>();
             const auto qualname = py::str(type.attr("__qualname__")).cast<std::string>();
             type_name = module == "builtins" ? qualname : module + "." + qualname;
         }
-        if (e.value()) message = py::str(e.value()).cast<std::string>();
-        auto or_none = [](const py::object& o) -> py::object { return o ? o : py::none(); };
-        py::list lines = py::module_::import("traceback").attr("format_exception")(
-            or_none(e.type()), or_none(e.value()), or_none(e.trace()));
+        if (value) message = py::str(value).cast<std::string>();
+        auto or_none = [](py::handle h) { return h ? h : py::handle(Py_None); };
+        py::list lines = py::module_::import("traceback").attr("format_exception")(or_none(type), or_none(value),
+                                                                                 or_none(trace));
         for (py::handle line : lines) traceback += line.cast<std::string>();
         while (!traceback.empty() && traceback.back() == '\n') traceback.pop_back();
-    } catch (const py::error_already_set&) {
-        if (message.empty()) message = e.what();
+    } catch (const py::error_already_set&) {  // formatting failed: keep what we have
     }
     return PythonError(where, std::move(type_name), std::move(message), std::move(traceback));
+}
+
+/// GIL held. Turns a caught Python exception into a PythonError that holds only strings.
+inline PythonError to_python_error(const py::error_already_set& e, const std::string& where) {
+    return python_error_from(e.type(), e.value(), e.trace(), where);
 }
 
 /// Call inside a catch block. The exception in flight, with Python exceptions turned

@@ -340,7 +340,7 @@ private:
             if (PyList_Check(r) || PyTuple_Check(r)) {
                 check_length(PySequence_Fast_GET_SIZE(r), n);
                 PyObject** results = PySequence_Fast_ITEMS(r);
-                for (std::size_t i = 0; i < n; ++i) items[i]->deliver(results[i], name_);
+                for (std::size_t i = 0; i < n; ++i) deliver_one(items[i], results[i]);
             } else if (PySequence_Check(r) && !PyUnicode_Check(r) && !PyBytes_Check(r) && !PyByteArray_Check(r)) {
                 const Py_ssize_t len = PySequence_Size(r);
                 if (len < 0) throw py::error_already_set();
@@ -351,15 +351,17 @@ private:
                         items[i]->fail(capture_result_error(i));
                         continue;
                     }
-                    items[i]->deliver(item, name_);
+                    deliver_one(items[i], item.ptr());
                 }
             } else {
                 throw ResultError(name_ + " returned " + Py_TYPE(r)->tp_name + ", expected a list of " +
                                   std::to_string(n) + " results (one per item of the batch)");
             }
         } catch (...) {
+            // Every future gets an exception object of its own: they are rethrown and
+            // destroyed on different threads.
             const std::exception_ptr e = capture_exception(name_);
-            for (std::size_t i = 0; i < n; ++i) items[i]->fail(e);
+            for (std::size_t i = 0; i < n; ++i) items[i]->fail(i + 1 == n ? e : copy_for_another_item(e));
         }
     }
 
@@ -374,6 +376,29 @@ public:
     }
 
 private:
+    /// GIL held. An exception instance in place of a result fails that item alone (the
+    /// protocol of the Python helper @pyscheduler.batched); anything else goes to the
+    /// item's callback.
+    void deliver_one(TaskBase* item, PyObject* result) const {
+        if (PyExceptionInstance_Check(result)) {
+            py::handle type(reinterpret_cast<PyObject*>(Py_TYPE(result)));
+            auto trace = py::reinterpret_steal<py::object>(PyException_GetTraceback(result));
+            item->fail(std::make_exception_ptr(python_error_from(type, result, trace, name_)));
+            return;
+        }
+        item->deliver(result, name_);
+    }
+
+    static std::exception_ptr copy_for_another_item(const std::exception_ptr& e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const Error& error) {
+            return error.clone();
+        } catch (...) {  // a foreign type cannot be copied generically: shared
+            return e;
+        }
+    }
+
     void check_length(Py_ssize_t len, std::size_t n) const {
         if (static_cast<std::size_t>(len) != n) {
             throw ResultError(name_ + " returned " + std::to_string(len) + " results for a batch of " +

@@ -257,7 +257,7 @@ public:
     void complete() noexcept override {
         try {
             if (error) {
-                promise_.set_exception(error);
+                promise_.set_exception(std::move(error));  // the future holds the only reference
             } else if (result_.has()) {
                 result_.set_promise(promise_);
             } else {

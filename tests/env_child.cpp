@@ -1,0 +1,27 @@
+// A child process for tests/test_environment.cpp: prints which Python environment
+// the embedded interpreter uses, and whether the venv-only marker module imports.
+#include <pyscheduler/pyscheduler.hpp>
+
+#include <iostream>
+
+namespace py = pybind11;
+
+int main() {
+    try {
+        pyscheduler::PyManager python;
+        auto prefix = python.loadPythonModule("sys", "getrecursionlimit");  // any callable: starts Python
+        pyscheduler::detail::GilHold gil;
+        py::module_ sys = py::module_::import("sys");
+        std::cout << "prefix=" << sys.attr("prefix").cast<std::string>() << "\n";
+        try {
+            py::module_ marker = py::module_::import("pyscheduler_venv_marker");
+            std::cout << "marker=" << marker.attr("WHERE").cast<std::string>() << "\n";
+        } catch (const py::error_already_set&) {
+            std::cout << "marker=absent\n";
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::cout << "error=" << e.what() << "\n";
+        return 3;
+    }
+}
