@@ -3,31 +3,19 @@
 // PYTHONHOME unset. Checked in child processes (tests/env_child.cpp), against a venv
 // that tests/make_marker_venv.py creates with a module installed only there.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <string>
+
+#include "child_process.hpp"
 
 namespace {
 
-struct ChildResult {
-    int exit_code = -1;
-    std::string output;
-};
+using pyscheduler::test::ChildResult;
+using pyscheduler::test::run_command;
 
 ChildResult run_child(const std::string& env) {
-    const std::string cmd = "env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV -u PYSCHEDULER_PYTHON " + env +
-                            " timeout 60 '" PYSCHEDULER_ENV_CHILD "' 2>&1";
-    ChildResult r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (pipe == nullptr) return r;
-    std::array<char, 4096> buf{};
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-    int status = pclose(pipe);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return r;
+    return run_command("env -u PYTHONPATH -u PYTHONHOME -u VIRTUAL_ENV -u PYSCHEDULER_PYTHON " + env +
+                       " timeout 60 '" PYSCHEDULER_ENV_CHILD "'");
 }
 
 const std::string kVenv = PYSCHEDULER_MARKER_VENV;

@@ -1,31 +1,19 @@
 // Process exit in each state, in a child process (tests/exit_child.cpp): exit code 0,
 // no crash, no hang, and what Python printed reaches the pipe.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <string>
+
+#include "child_process.hpp"
 
 namespace {
 
-struct ChildResult {
-    int exit_code = -1;
-    std::string output;
-};
+using pyscheduler::test::ChildResult;
+using pyscheduler::test::run_command;
 
 ChildResult run_child(const std::string& mode) {
     // `timeout` turns a hang into a failure (exit code 124) instead of a stuck ctest.
-    const std::string cmd = "timeout 60 '" PYSCHEDULER_EXIT_CHILD "' " + mode + " 2>&1";
-    ChildResult r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (pipe == nullptr) return r;
-    std::array<char, 4096> buf{};
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-    int status = pclose(pipe);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return r;
+    return run_command("timeout 60 '" PYSCHEDULER_EXIT_CHILD "' " + mode);
 }
 
 class ProcessExit : public ::testing::TestWithParam<const char*> {};

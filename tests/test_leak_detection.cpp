@@ -2,30 +2,18 @@
 // CPython's and extension modules' intentional ones. Meaningful in the ASan build
 // only (configure.sh --asan); elsewhere the tests skip.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
-#include <cstdio>
 #include <string>
+
+#include "child_process.hpp"
 
 namespace {
 
-struct ChildResult {
-    int exit_code = -1;
-    std::string output;
-};
+using pyscheduler::test::ChildResult;
+using pyscheduler::test::run_command;
 
 ChildResult run_child(const std::string& mode) {
-    const std::string cmd = "timeout 120 '" PYSCHEDULER_LEAK_CHILD "' " + mode + " 2>&1";
-    ChildResult r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    if (pipe == nullptr) return r;
-    std::array<char, 4096> buf{};
-    size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-    int status = pclose(pipe);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return r;
+    return run_command("timeout 120 '" PYSCHEDULER_LEAK_CHILD "' " + mode);
 }
 
 #ifdef PYSCHEDULER_ASAN
