@@ -7,15 +7,24 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 using pyscheduler::InvokeHandler;
 using pyscheduler::PyManager;
 
-static InvokeHandler load() {
+static InvokeHandler load(const char* function = "announce") {
     PyManager m;
     m.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
-    return m.loadPythonModule("pyscheduler_test_exit", "announce", 4, 2);
+    return m.loadPythonModule("pyscheduler_test_exit", function, 4, 2);
+}
+
+/// Queues one item on `h` (whose function is slow or never returns) and returns
+/// once that function has started; the item's future is left pending.
+static void start_call(InvokeHandler& h) {
+    static std::vector<std::future<int>> pending;  // reachable: not a leak
+    pending.push_back(h.queue_invoke([] { return 1; }, [](py::object o) { return o.cast<int>(); }));
+    load("wait_until_entered").invoke<void>();
 }
 
 static void queue_some(InvokeHandler& h, int n, bool wait) {
@@ -54,6 +63,30 @@ int main(int argc, char** argv) {
         InvokeHandler h = load();
         queue_some(h, 8, true);
         return 0;
+    }
+    // A handler whose Python function is still running at exit.
+    if (mode == "static_while_python_runs") {  // the destructor drains: exit waits for the call
+        static InvokeHandler h = load();
+        queue_some(h, 8, true);
+        static InvokeHandler slow = load("slow");
+        start_call(slow);
+        return 0;
+    }
+    if (mode == "leaked_while_python_never_returns") {  // not destroyed: exit does not wait
+        static InvokeHandler* never_destroyed = nullptr;
+        never_destroyed = new InvokeHandler(load());
+        queue_some(*never_destroyed, 8, true);
+        static InvokeHandler* stuck = nullptr;
+        stuck = new InvokeHandler(load("forever"));
+        start_call(*stuck);
+        return 0;
+    }
+    if (mode == "exit_while_python_never_returns") {
+        InvokeHandler h = load();
+        queue_some(h, 8, true);
+        InvokeHandler stuck = load("forever");
+        start_call(stuck);
+        std::exit(0);
     }
     std::cerr << "unknown mode\n";
     return 2;

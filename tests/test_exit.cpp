@@ -29,6 +29,15 @@ TEST_P(ProcessExit, IsCleanAndLosesNoOutput) {
 
 INSTANTIATE_TEST_SUITE_P(States, ProcessExit,
                          ::testing::Values("local_handler", "static_idle", "static_with_queued_work", "leaked_idle",
-                                           "exit_with_local_handler"));
+                                           "exit_with_local_handler", "static_while_python_runs",
+                                           "leaked_while_python_never_returns", "exit_while_python_never_returns"));
+
+TEST(ProcessExit, StaticHandlerWaitsForTheCallInProgress) {
+    // The destructor drains, so the call that was running when main() returned
+    // finishes (and what it printed is not lost) before the process ends.
+    auto r = run_child("static_while_python_runs");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("slow call finished"), std::string::npos) << r.output;
+}
 
 }  // namespace

@@ -56,5 +56,26 @@ TEST(PythonHelpers, ExceptionInstancesAsResultsFailTheirItems) {
     }
 }
 
+TEST(PythonHelpers, StackedRunsOnceOnTheStackedBatchAndIsolatesFailures) {
+    auto h = load_batched("row_norms");
+    std::vector<std::future<double>> futures;
+    for (int i = 0; i < 8; ++i) {
+        futures.push_back(h.queue_invoke(
+            [i] {  // a pybind11 object: the commit runs with the GIL
+                py::list row;
+                for (double x : {3.0 * i, 4.0 * i, i == 5 ? -1.0 : 0.0}) row.append(x);
+                return py::module_::import("numpy").attr("array")(row);
+            },
+            cast_to<double>()));
+    }
+    for (int i = 0; i < 8; ++i) {
+        if (i == 5) {
+            EXPECT_THROW(futures[i].get(), PythonError);
+        } else {
+            EXPECT_DOUBLE_EQ(futures[i].get(), 5.0 * i);
+        }
+    }
+}
+
 }  // namespace
 }  // namespace pyscheduler::test

@@ -16,7 +16,8 @@ auto commit_value(int v) {
 }
 
 /// Closes the gate of gated_identity; reopens it on destruction so no test can leave
-/// a batch stuck in Python.
+/// a batch stuck in Python. Declare it after the handler it gates: it must open before
+/// the handler's destructor drains (or a failed assertion would hang the test).
 struct Gate {
     InvokeHandler close = load("close_gate");
     InvokeHandler open_ = load("open_gate");
@@ -51,8 +52,8 @@ TEST(Shutdown, SynchronousInvokeKeepsWorking) {
 }
 
 TEST(Shutdown, CancelFailsWhatHasNotReachedPython) {
-    Gate gate;
     auto h = load("gated_identity", 1, 1);
+    Gate gate;
     std::vector<std::future<int>> futures;
     for (int i = 0; i < 1000; ++i) futures.push_back(h.queue_invoke(commit_value(i), cast_to<int>()));
     gate.wait_until_entered();  // item 0 is inside Python now
@@ -101,26 +102,23 @@ TEST(Shutdown, CancelWhileProducersRaceLosesNothing) {
 }
 
 TEST(BoundedQueue, TryQueueInvokeRefusesWhenFullAndKeepsTheArguments) {
-    Gate gate;
     HandlerOptions o;
     o.queue_capacity = 4;
     auto h = load("gated_identity", o);
+    Gate gate;
     std::vector<std::future<int>> accepted;
     accepted.push_back(h.queue_invoke(commit_value(0), cast_to<int>()));
-    gate.wait_until_entered();
-    // In Python: 1 item; in the prefetch ring: at most batch*depth = 1; queue: 4.
-    int refused = 0;
-    for (int i = 1; i < 20 && refused == 0; ++i) {
+    gate.wait_until_entered();  // item 0 is inside Python
+    accepted.push_back(h.queue_invoke(commit_value(1), cast_to<int>()));
+    while (h.get_queue_stats().execute_queue_size != 1) std::this_thread::yield();
+    // Item 1 fills the prefetch ring (batch 1 x depth 1): the commit thread now waits
+    // for room and takes nothing more from the queue, whose 4 slots fill up next.
+    for (int i = 2; i < 6; ++i) {
         auto f = h.try_queue_invoke(commit_value(i), cast_to<int>());
-        if (f) {
-            accepted.push_back(std::move(*f));
-        } else {
-            ++refused;
-        }
+        ASSERT_TRUE(f.has_value()) << i;
+        accepted.push_back(std::move(*f));
     }
-    EXPECT_EQ(refused, 1);
-    EXPECT_GE(accepted.size(), 5u);
-    EXPECT_LE(accepted.size(), 6u);
+    EXPECT_FALSE(h.try_queue_invoke(commit_value(6), cast_to<int>()).has_value());
     auto owned = std::make_unique<int>(7);
     auto f = h.try_queue_invoke([](std::unique_ptr<int> p) { return *p; }, cast_to<int>(), std::move(owned));
     EXPECT_FALSE(f.has_value());
