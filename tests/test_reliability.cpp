@@ -45,6 +45,18 @@ TEST(Shutdown, DrainCompletesEverythingThenRefuses) {
     EXPECT_EQ(load("add").invoke<int>(1, 2), 3);
 }
 
+TEST(Shutdown, FromTheHandlersOwnCallbackIsRefused) {
+    auto h = load("identity");
+    auto f = h.queue_invoke(commit_value(1), [&](py::object) {
+        h.shutdown();  // would wait for this very thread
+        return 0;
+    });
+    auto what = what_of<std::logic_error>([&] { f.get(); });
+    EXPECT_NE(what.find("from its own commit function or callback"), std::string::npos) << what;
+    EXPECT_FALSE(h.is_shut_down());  // refused before anything changed
+    EXPECT_EQ(h.queue_invoke(commit_value(2), cast_to<int>()).get(), 2);
+}
+
 TEST(Shutdown, SynchronousInvokeKeepsWorking) {
     auto h = load("add");
     h.shutdown();

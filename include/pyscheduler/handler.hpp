@@ -132,7 +132,8 @@ public:
     /// does); Cancel fails every item not yet handed to Python with Cancelled, lets a
     /// batch already in Python finish, and returns promptly. Idempotent, and safe while
     /// other threads still call queue_invoke: items queued afterwards get a future
-    /// that fails with Cancelled. Synchronous invoke keeps working.
+    /// that fails with Cancelled. Synchronous invoke keeps working. Throws
+    /// std::logic_error when called from the handler's own commit function or callback.
     void shutdown(ShutdownMode mode = ShutdownMode::Drain) { pipeline().shutdown(mode); }
 
     /// True once shutdown() has begun: new items are refused (their futures fail with

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -144,10 +145,16 @@ public:
     }
 
     /// Stops the pipeline; idempotent, and safe while producers are still calling
-    /// submit() (theirs are then refused with Stopped). Drain: every queued item runs.
-    /// Cancel: items not yet handed to Python fail with Cancelled; a batch already in
-    /// Python finishes. Returns when both threads have exited.
+    /// submit() (which then returns false). Drain: every queued item runs. Cancel:
+    /// items not yet handed to Python fail with Cancelled; a batch already in Python
+    /// finishes. Returns when both threads have exited. Not from the handler's own
+    /// threads (its commit functions or callbacks): they cannot wait for themselves.
     void shutdown(ShutdownMode mode) {
+        const auto self = std::this_thread::get_id();
+        if (self == commit_thread_.get_id() || self == executor_thread_.get_id()) {
+            throw std::logic_error("pyscheduler: " + name_ +
+                                   " shut down or destroyed from its own commit function or callback");
+        }
         std::lock_guard<std::mutex> lock(shutdown_mutex_);
         if (stopped_.load(std::memory_order_relaxed)) return;
         if (mode == ShutdownMode::Cancel) cancel_.store(true, std::memory_order_release);
