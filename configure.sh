@@ -158,7 +158,7 @@ if [[ $run_tests == 1 ]]; then
 fi
 
 if [[ -n "$run_example" ]]; then
-    exe="$build_dir/examples/$run_example/pyscheduler_example_$run_example"
+    exe="$build_dir/examples/pyscheduler_example_$run_example"
     [[ -x "$exe" ]] || die "no example named '$run_example' (see examples/)"
     "$exe"
 fi

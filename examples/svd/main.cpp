@@ -6,6 +6,7 @@
 #include <pyscheduler/pyscheduler.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 #include <random>
 #include <vector>
@@ -40,6 +41,10 @@ struct type_caster<Matrix> {
 }  // namespace pybind11::detail
 
 int main() {
+    // Compare like with like: a single-threaded Python loop against the pipeline,
+    // whose extra core is the commit thread staging matrices while numpy computes.
+    // (With BLAS threads on every core, both sides would fight over the same cores.)
+    for (const char* var : {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}) setenv(var, "1", 0);
     pyscheduler::PyManager python;
     python.add_path(PYSCHEDULER_EXAMPLE_DIR);
     auto svd = python.loadPythonModule("svd_module", "largest_singular_values", /*batch_size=*/32,
@@ -53,9 +58,9 @@ int main() {
             // commit: on the commit thread, ahead of execution, without the GIL.
             [seed = i] {
                 std::mt19937_64 rng(seed);
-                std::normal_distribution<double> normal;
+                std::uniform_real_distribution<double> uniform(-1.0, 1.0);
                 Matrix m{std::vector<double>(kSize * kSize), kSize, kSize};
-                for (double& x : m.data) x = normal(rng);
+                for (double& x : m.data) x = uniform(rng);
                 return m;
             },
             // callback: on the executor, with the GIL; its value completes the future.

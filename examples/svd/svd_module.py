@@ -9,4 +9,4 @@ def largest_singular_values(matrices):
 def plain_loop(n, size, seed):
     """The same work as the pipeline, as a plain single-threaded Python loop."""
     rng = np.random.default_rng(seed)
-    return [float(np.linalg.svd(rng.standard_normal((size, size)), compute_uv=False)[0]) for _ in range(n)]
+    return [float(np.linalg.svd(rng.uniform(-1.0, 1.0, (size, size)), compute_uv=False)[0]) for _ in range(n)]
