@@ -168,6 +168,11 @@ public:
 
     bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
 
+    /// The error of an item refused because the handler is shut down.
+    std::exception_ptr refused() const {
+        return std::make_exception_ptr(Cancelled(name_ + ": the handler was shut down before this item was queued"));
+    }
+
     const py::object& function() const noexcept { return fn_; }
     const std::string& name() const noexcept { return name_; }
     const HandlerOptions& options() const noexcept { return options_; }
@@ -376,13 +381,6 @@ private:
         return std::make_exception_ptr(Cancelled(name_ + ": cancelled by shutdown(ShutdownMode::Cancel)"));
     }
 
-public:
-    /// For items refused because the handler is shut down.
-    std::exception_ptr refused() const {
-        return std::make_exception_ptr(Cancelled(name_ + ": the handler was shut down before this item was queued"));
-    }
-
-private:
     /// GIL held. An exception instance in place of a result fails that item alone (the
     /// protocol of the Python helper @pyscheduler.batched); anything else goes to the
     /// item's callback.
