@@ -370,11 +370,22 @@ private:
                                   std::to_string(n) + " results (one per item of the batch)");
             }
         } catch (...) {
-            // Every future gets an exception object of its own: they are rethrown and
-            // destroyed on different threads.
-            const std::exception_ptr e = capture_exception(name_);
-            for (std::size_t i = 0; i < n; ++i) items[i]->fail(i + 1 == n ? e : copy_for_another_item(e));
+            fail_each(items, n, capture_exception(name_));
         }
+    }
+
+    /// Fails every item with `e`. Each future gets an exception object of its own
+    /// (they are rethrown and destroyed on different threads); the type is looked up
+    /// with one rethrow, not one per item, since this runs with the GIL held.
+    static void fail_each(TaskBase** items, std::size_t n, std::exception_ptr e) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const Error& error) {
+            for (std::size_t i = 0; i + 1 < n; ++i) items[i]->fail(error.clone());
+        } catch (...) {  // a foreign type cannot be copied generically: shared
+            for (std::size_t i = 0; i + 1 < n; ++i) items[i]->fail(e);
+        }
+        items[n - 1]->fail(std::move(e));
     }
 
     std::exception_ptr cancelled() const {
@@ -392,16 +403,6 @@ private:
             return;
         }
         item->deliver(result, name_);
-    }
-
-    static std::exception_ptr copy_for_another_item(const std::exception_ptr& e) {
-        try {
-            std::rethrow_exception(e);
-        } catch (const Error& error) {
-            return error.clone();
-        } catch (...) {  // a foreign type cannot be copied generically: shared
-            return e;
-        }
     }
 
     void check_length(Py_ssize_t len, std::size_t n) const {
