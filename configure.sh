@@ -165,6 +165,9 @@ fi
 
 if [[ $bench == 1 ]]; then
     "$build_dir/tests/bench/pyscheduler_bench" --benchmark_counters_tabular=true
+    # The GPU pipeline (built where the CUDA toolkit is; reports a skip without a GPU).
+    gpu_bench="$build_dir/tests/bench/pyscheduler_bench_gpu"
+    if [[ -x "$gpu_bench" ]]; then "$gpu_bench" --benchmark_counters_tabular=true; fi
 fi
 
 if [[ $install == 1 ]]; then
