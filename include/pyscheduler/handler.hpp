@@ -67,7 +67,7 @@ public:
     template <class R, class... Args>
     R invoke(Args&&... args) const {
         auto& p = pipeline();
-        detail::GilHold gil;
+        auto gil = p.hold();
         try {
             pybind11::object result = p.function()(std::forward<Args>(args)...);
             if constexpr (!std::is_void_v<R>) return result.template cast<R>();
@@ -82,7 +82,7 @@ public:
         requires std::invocable<Callback&&, pybind11::object>
     auto invoke(Callback&& callback, Args&&... args) const {
         auto& p = pipeline();
-        detail::GilHold gil;
+        auto gil = p.hold();
         try {
             return std::invoke(std::forward<Callback>(callback), p.function()(std::forward<Args>(args)...));
         } catch (const pybind11::error_already_set& e) {
@@ -176,7 +176,7 @@ private:
         if (!queued) {  // completes here, so that nothing is lost; closures die under the GIL
             p.unreserve_slot();
             {
-                detail::GilHold gil;
+                auto gil = p.hold();
                 item.first->fail(error ? error : p.refused());
                 item.first->drop_closures();
             }

@@ -8,11 +8,13 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/pipeline.hpp"
+#include "pyscheduler/detail/subinterpreter.hpp"
 #include "pyscheduler/handler.hpp"
 #include "pyscheduler/options.hpp"
 #include "pyscheduler/policy.hpp"
@@ -59,7 +61,17 @@ public:
                                    const HandlerOptions& options) const {
         validate(options);
         const std::string name = module + "." + function;
+        if (options.interpreter == InterpreterKind::OwnGil) return load_own_gil(module, function, name, options);
         detail::GilHold gil;
+        pybind11::object fn = import_function(module, function, name);
+        return InvokeHandler(std::make_unique<detail::Pipeline<Policy>>(std::move(fn), name, options, *process_));
+    }
+
+private:
+    /// `module.function`, checked to be callable; std::invalid_argument naming the
+    /// Python error otherwise. The GIL of the interpreter to import in is held.
+    static pybind11::object import_function(const std::string& module, const std::string& function,
+                                            const std::string& name) {
         pybind11::object fn;
         try {
             fn = pybind11::module_::import(module.c_str()).attr(function.c_str());
@@ -71,10 +83,61 @@ public:
             throw std::invalid_argument("pyscheduler: cannot load " + name + ": it is not callable (it is a " +
                                         std::string(Py_TYPE(fn.ptr())->tp_name) + ")");
         }
-        return InvokeHandler(std::make_unique<detail::Pipeline<Policy>>(std::move(fn), name, options, *process_));
+        return fn;
     }
 
-private:
+    /// InterpreterKind::OwnGil: a new sub-interpreter whose sys.path is the main
+    /// interpreter's, the module imported there.
+    InvokeHandler load_own_gil(const std::string& module, const std::string& function, const std::string& name,
+                               const HandlerOptions& options) const {
+#ifdef PYSCHEDULER_HAS_OWN_GIL
+        std::vector<std::string> path;
+        {
+            detail::GilHold gil;
+            for (pybind11::handle entry : pybind11::module_::import("sys").attr("path")) {
+                path.push_back(pybind11::str(entry).cast<std::string>());
+            }
+        }
+        std::unique_ptr<detail::SubInterpreter> sub;
+        try {
+            sub = detail::create_own_gil_interpreter();
+        } catch (const std::exception& e) {
+            throw std::runtime_error("pyscheduler: cannot load " + name + ": creating its sub-interpreter failed: " +
+                                     e.what());
+        }
+        pybind11::object fn;
+        {
+            detail::InterpreterHold gil(sub.get(), nullptr);
+            try {
+                pybind11::list sys_path;
+                for (const std::string& entry : path) sys_path.append(pybind11::str(entry));
+                pybind11::module_::import("sys").attr("path") = sys_path;
+                fn = import_function(module, function, name);
+            } catch (const std::invalid_argument& e) {
+                throw std::invalid_argument(std::string(e.what()) +
+                                            " (in a sub-interpreter with its own GIL: InterpreterKind::OwnGil)");
+            }
+        }
+        try {
+            return InvokeHandler(std::make_unique<detail::Pipeline<Policy>>(std::move(fn), name, options, *process_,
+                                                                             std::move(sub)));
+        } catch (...) {
+            if (fn) {  // not handed over: drop it in its interpreter
+                detail::InterpreterHold gil(sub.get(), nullptr);
+                fn = pybind11::object();
+            }
+            throw;
+        }
+#else
+        (void)module;
+        (void)function;
+        (void)options;
+        throw std::invalid_argument("pyscheduler: cannot load " + name +
+                                    ": InterpreterKind::OwnGil needs CPython 3.12 or newer (this program embeds "
+                                    "CPython " PY_VERSION ")");
+#endif
+    }
+
     static void validate(const HandlerOptions& o) {
         constexpr std::size_t limit = std::size_t{1} << 30;
         if (o.batch_size == 0) throw std::invalid_argument("pyscheduler: HandlerOptions::batch_size must be at least 1");

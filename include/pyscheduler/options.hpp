@@ -6,6 +6,14 @@
 
 namespace pyscheduler {
 
+/// Which interpreter a handler's Python function lives in.
+enum class InterpreterKind {
+    Main,    ///< the process's main interpreter, shared by every Main handler (one GIL)
+    OwnGil,  ///< a sub-interpreter of its own with its own GIL (CPython >= 3.12): runs in
+             ///< parallel with the others; extension modules without sub-interpreter
+             ///< support (numpy...) cannot be imported there
+};
+
 /// How an `InvokeHandler` batches and buffers work. Passed to
 /// `PyManager::loadPythonModule(module, function, options)`.
 struct HandlerOptions {
@@ -25,6 +33,13 @@ struct HandlerOptions {
     /// Zero: the queue is unbounded. Otherwise at most this many items wait to be
     /// committed, and `queue_invoke` blocks until there is room.
     std::size_t queue_capacity = 0;
+
+    /// InterpreterKind::OwnGil: the module is imported in a new sub-interpreter with
+    /// its own GIL (sys.path copied from the main interpreter), the handler's threads
+    /// run in it, and it ends when the handler is destroyed. Python objects never
+    /// cross interpreters: commit results and callback arguments are objects of the
+    /// handler's interpreter.
+    InterpreterKind interpreter = InterpreterKind::Main;
 };
 
 /// What `InvokeHandler::shutdown` does with work that has not run yet.

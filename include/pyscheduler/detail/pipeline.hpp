@@ -33,6 +33,7 @@
 #include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/detail/subinterpreter.hpp"
 #include "pyscheduler/detail/task.hpp"
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/options.hpp"
@@ -71,9 +72,13 @@ class PYSCHEDULER_HIDDEN Pipeline {
 public:
     using clock = typename Policy::clock;
 
-    /// GIL held by the caller (fn is a Python object). Starts the threads.
-    Pipeline(py::object fn, std::string name, const HandlerOptions& options, ProcessState& process)
-        : fn_(std::move(fn)),
+    /// Starts the threads. `fn` lives in `sub` (a sub-interpreter with its own GIL),
+    /// or in the main interpreter when `sub` is null; the pipeline ends `sub` when it
+    /// is destroyed. The caller may hold the main GIL, not a sub-interpreter's.
+    Pipeline(py::object fn, std::string name, const HandlerOptions& options, ProcessState& process,
+             std::unique_ptr<SubInterpreter> sub = nullptr)
+        : sub_(std::move(sub)),
+          fn_(std::move(fn)),
           name_(std::move(name)),
           options_(options),
           staged_capacity_(options.batch_size * options.prefetch_depth),
@@ -93,7 +98,10 @@ public:
             stopped_.store(true);
             stop_and_join();
             process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
-            fn_.release().dec_ref();
+            {
+                InterpreterHold gil(sub_.get(), nullptr);
+                fn_ = py::object();
+            }
             throw;
         }
     }
@@ -104,9 +112,15 @@ public:
     /// Drains (unless shut down already): returns once every queued item has completed.
     ~Pipeline() {
         shutdown(ShutdownMode::Drain);
-        GilHold gil;
-        fn_ = py::object();
+        {
+            InterpreterHold gil(sub_.get(), nullptr);
+            fn_ = py::object();
+        }
+        sub_.reset();  // ends the sub-interpreter, if any: no thread state of ours is left in it
     }
+
+    /// Holds the GIL of the function's interpreter for a scope (any thread).
+    InterpreterHold hold() const { return InterpreterHold(sub_.get(), nullptr); }
 
     /// Bounded queues: takes one of the queue's free slots, waiting for one (with the
     /// GIL released, if the caller held it) when `wait`; false when full and not
@@ -216,6 +230,7 @@ private:
     // --- commit thread -------------------------------------------------------
 
     void commit_loop() {
+        ThreadContext context(sub_.get());
         std::vector<TaskBase*> bulk(staged_capacity_);
         bool stopping = false;
         std::uint64_t dequeued = 0;
@@ -240,7 +255,7 @@ private:
             // the first batch while later ones are still being committed.
             for (std::size_t first = 0; first < n; first += options_.batch_size) {
                 const std::size_t count = std::min(options_.batch_size, n - first);
-                commit_chunk(bulk.data() + first, count);
+                commit_chunk(context, bulk.data() + first, count);
                 for (std::size_t i = 0; i < count; ++i) ring_.push(bulk[first + i]);
                 staged_.fetch_add(count, std::memory_order_relaxed);
                 ready_.signal(static_cast<std::ptrdiff_t>(count));
@@ -250,7 +265,7 @@ private:
         ready_.signal(1);
     }
 
-    void commit_chunk(TaskBase** items, std::size_t n) {
+    void commit_chunk(ThreadContext& context, TaskBase** items, std::size_t n) {
         const auto start = now();
         if (cancel_.load(std::memory_order_acquire)) {  // passed on: the executor drops them under the GIL
             for (std::size_t i = 0; i < n; ++i) items[i]->fail(cancelled());
@@ -265,7 +280,7 @@ private:
             }
         }
         if (needs_gil) {  // one GIL hold for every Python-object commit of the chunk
-            GilHold gil;
+            InterpreterHold gil(sub_.get(), &context);
             for (std::size_t i = 0; i < n; ++i) {
                 if (items[i]->commit_needs_gil()) items[i]->commit(name_);
             }
@@ -276,7 +291,7 @@ private:
     // --- executor thread -----------------------------------------------------
 
     void executor_loop() {
-        this_thread_state();  // create it now, not inside the first batch
+        ThreadContext context(sub_.get());  // the thread state, made now, not inside the first batch
         const auto batch_size = static_cast<std::ptrdiff_t>(options_.batch_size);
         const auto delay = options_.max_batch_delay;
         std::vector<TaskBase*> batch(options_.batch_size);
@@ -309,15 +324,15 @@ private:
                     if (!batch[i]->failed()) batch[i]->fail(cancelled());
                 }
             }
-            if (m > 0) run_batch(batch.data(), m);
+            if (m > 0) run_batch(context, batch.data(), m);
         }
     }
 
     /// One Python call for up to batch_size items; see TaskBase for the order of steps.
-    void run_batch(TaskBase** items, std::size_t n) {
+    void run_batch(ThreadContext& context, TaskBase** items, std::size_t n) {
         const auto start = now();
         {
-            GilHold gil;
+            InterpreterHold gil(sub_.get(), &context);
             std::size_t live = 0;  // items[0, live): converted, in the Python call
             py::list args(0);
             for (std::size_t i = 0; i < n; ++i) {
@@ -444,6 +459,7 @@ private:
         ema.store(old == 0 ? x : old + Policy::stats_ema_weight * (x - old), std::memory_order_relaxed);
     }
 
+    std::unique_ptr<SubInterpreter> sub_;  // null: the main interpreter
     py::object fn_;
     const std::string name_;
     const HandlerOptions options_;

@@ -1,0 +1,107 @@
+// pyscheduler/detail/subinterpreter.hpp - the interpreter a pipeline runs in: the main
+// one, or (CPython >= 3.12) a sub-interpreter with its own GIL (PEP 684).
+//
+// Sub-interpreters are created and ended through pybind11 3's py::subinterpreter,
+// which also keeps pybind11's per-interpreter internals right. A handler's commit and
+// executor threads each keep one thread state in its sub-interpreter for their whole
+// life (py::subinterpreter_thread_state); other threads (synchronous invoke, the
+// destructor) get a transient one per call.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <optional>
+
+#include "pyscheduler/detail/config.hpp"
+#include "pyscheduler/detail/gil.hpp"
+
+#if PY_VERSION_HEX >= 0x030C0000 && defined(PYBIND11_HAS_SUBINTERPRETER_SUPPORT)
+#include <pybind11/subinterpreter.h>
+#define PYSCHEDULER_HAS_OWN_GIL 1
+#endif
+
+namespace pyscheduler::detail {
+
+namespace py = pybind11;
+
+#ifdef PYSCHEDULER_HAS_OWN_GIL
+
+using SubInterpreter = py::subinterpreter;
+
+/// A new isolated sub-interpreter with its own GIL: Python threads allowed, fork/exec
+/// and daemon threads not, single-phase-init extension modules refused.
+inline std::unique_ptr<SubInterpreter> create_own_gil_interpreter() {
+    PyInterpreterConfig config{};
+    config.use_main_obmalloc = 0;
+    config.allow_fork = 0;
+    config.allow_exec = 0;
+    config.allow_threads = 1;
+    config.allow_daemon_threads = 0;
+    config.check_multi_interp_extensions = 1;
+    config.gil = PyInterpreterConfig_OWN_GIL;
+    return std::make_unique<SubInterpreter>(SubInterpreter::create(config));
+}
+
+/// One thread's persistent thread state in a pipeline's interpreter: nothing for the
+/// main interpreter (gil.hpp keeps one per thread), a py::subinterpreter_thread_state
+/// otherwise. Create and destroy it on the thread that uses it.
+class PYSCHEDULER_HIDDEN ThreadContext {
+public:
+    explicit ThreadContext(SubInterpreter* sub) {
+        if (sub == nullptr) {
+            this_thread_state();
+        } else {
+            state_.emplace(*sub);
+        }
+    }
+    py::subinterpreter_thread_state* state() noexcept { return state_ ? &*state_ : nullptr; }
+
+private:
+    std::optional<py::subinterpreter_thread_state> state_;
+};
+
+/// Holds the GIL of a pipeline's interpreter for a scope, on any thread: the main
+/// GIL (re-entrant GilHold), or the sub-interpreter's, swapping out whatever this
+/// thread held before and restoring it afterwards.
+class PYSCHEDULER_HIDDEN InterpreterHold {
+public:
+    InterpreterHold(SubInterpreter* sub, ThreadContext* context) {
+        if (sub == nullptr) {
+            main_.emplace();
+        } else if (context != nullptr && context->state() != nullptr) {
+            sub_.emplace(*context->state());
+        } else {
+            sub_.emplace(*sub);  // transient thread state
+        }
+    }
+    InterpreterHold(const InterpreterHold&) = delete;
+    InterpreterHold& operator=(const InterpreterHold&) = delete;
+
+private:
+    std::optional<GilHold> main_;
+    std::optional<py::subinterpreter_scoped_activate> sub_;
+};
+
+#else  // CPython 3.11: only the main interpreter
+
+struct SubInterpreter {};
+
+class PYSCHEDULER_HIDDEN ThreadContext {
+public:
+    explicit ThreadContext(SubInterpreter* /*sub*/) { this_thread_state(); }
+};
+
+class PYSCHEDULER_HIDDEN InterpreterHold {
+public:
+    InterpreterHold(SubInterpreter* /*sub*/, ThreadContext* /*context*/) {}
+    InterpreterHold(const InterpreterHold&) = delete;
+    InterpreterHold& operator=(const InterpreterHold&) = delete;
+
+private:
+    GilHold main_;
+};
+
+#endif
+
+}  // namespace pyscheduler::detail
