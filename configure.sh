@@ -117,6 +117,9 @@ if [[ -z "$python" ]]; then
 fi
 python="$(command -v "$python" || echo "$python")"
 [[ -x "$python" ]] || die "--python: '$python' is not an executable"
+# Absolute (the build records it), without resolving the link: a venv's bin/python
+# must stay the venv's.
+[[ "$python" == /* ]] || python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 if [[ $deps == 1 ]]; then
     "$here/tools/install-deps.sh" "$python"
 fi
@@ -168,6 +171,8 @@ if [[ $bench == 1 ]]; then
     # The GPU pipeline (built where the CUDA toolkit is; reports a skip without a GPU).
     gpu_bench="$build_dir/tests/bench/pyscheduler_bench_gpu"
     if [[ -x "$gpu_bench" ]]; then "$gpu_bench" --benchmark_counters_tabular=true; fi
+    # Python's own pools on the work of BM_PurePythonTwoHandlers, for comparison.
+    "$python" "$here/tests/bench/compare_pools.py"
 fi
 
 if [[ $install == 1 ]]; then
