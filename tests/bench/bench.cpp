@@ -278,6 +278,52 @@ void BM_MixedHandlers(benchmark::State& state) {
 }
 BENCHMARK(BM_MixedHandlers)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
 
+// --- parallel pure Python: two handlers, one GIL each --------------------------------------
+
+/// Seconds for two handlers of `kind` to run `items` CPU-bound pure-Python items each.
+double two_handlers_seconds(pyscheduler::InterpreterKind kind, int items, int n) {
+    HandlerOptions o = options(1, 2);
+    o.interpreter = kind;
+    std::vector<InvokeHandler> handlers;
+    handlers.push_back(load("spin", o));
+    handlers.push_back(load("spin", o));
+    const auto t0 = Clock::now();
+    std::vector<std::future<long long>> futures;
+    for (int i = 0; i < items; ++i) {
+        for (auto& h : handlers) {
+            futures.push_back(h.queue_invoke([n] { return n; }, [](py::object o) { return o.cast<long long>(); }));
+        }
+    }
+    for (auto& f : futures) benchmark::DoNotOptimize(f.get());
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+/// Main: the two handlers share the main GIL and take turns. OwnGil: each runs in a
+/// sub-interpreter with its own GIL. speedup = Main time / OwnGil time (limit: 2 on
+/// two cores). Compare with tests/bench/compare_pools.py (Python's own pools).
+void BM_PurePythonTwoHandlers(benchmark::State& state) {
+#if PY_VERSION_HEX < 0x030C0000
+    state.SkipWithError("own-GIL sub-interpreters need CPython 3.12+");
+#else
+    constexpr int kItems = 200;
+    constexpr int kN = 20000;
+    double main_s = 0;
+    double own_s = 0;
+    for (auto _ : state) {
+        const double m = two_handlers_seconds(pyscheduler::InterpreterKind::Main, kItems, kN);
+        const double o = two_handlers_seconds(pyscheduler::InterpreterKind::OwnGil, kItems, kN);
+        state.SetIterationTime(o);
+        main_s += m;
+        own_s += o;
+    }
+    const double iterations = static_cast<double>(state.iterations());
+    state.counters["main_items_per_s"] = 2 * kItems * iterations / main_s;
+    state.counters["own_gil_items_per_s"] = 2 * kItems * iterations / own_s;
+    state.counters["speedup"] = main_s / own_s;
+#endif
+}
+BENCHMARK(BM_PurePythonTwoHandlers)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -34,3 +34,12 @@ def open_gate():
 
 def close_gate():
     _gate.clear()
+
+
+def spin_one(n):
+    """CPU-bound pure Python (no extension modules: loads in own-GIL sub-interpreters)."""
+    return sum(i * i for i in range(n))
+
+
+def spin(items):
+    return [spin_one(n) for n in items]
