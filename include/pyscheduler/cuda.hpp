@@ -117,23 +117,12 @@ struct DeviceBuffer {
 
 /// Allocates an uninitialized device tensor (compact strides) that records `stream`.
 inline Tensor allocate(std::vector<std::int64_t> shape, DLDataType dtype, int device, cudaStream_t stream) {
-    std::int64_t count = 1;
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (shape[i] < 0) {
-            throw std::invalid_argument("pyscheduler::cuda: negative extent " + std::to_string(shape[i]) +
-                                        " in dimension " + std::to_string(i));
-        }
-        count *= shape[i];
-    }
-    const std::size_t bytes = static_cast<std::size_t>(count) * ((dtype.bits * dtype.lanes + 7u) / 8u);
+    const std::size_t bytes =
+        static_cast<std::size_t>(pyscheduler::detail::element_count(shape, "pyscheduler::cuda")) *
+        pyscheduler::detail::itemsize_of(dtype);
     auto* buffer = new DeviceBuffer;
     buffer->shape = std::move(shape);
-    buffer->strides.resize(buffer->shape.size());
-    std::int64_t step = 1;
-    for (std::size_t i = buffer->shape.size(); i-- > 0;) {
-        buffer->strides[i] = step;
-        step *= buffer->shape[i];
-    }
+    buffer->strides = pyscheduler::detail::compact_strides(buffer->shape);
     buffer->device = device;
     DLManagedTensor& m = buffer->managed;
     m.manager_ctx = buffer;
@@ -161,6 +150,19 @@ inline Tensor allocate(std::vector<std::int64_t> shape, DLDataType dtype, int de
     }
     t.set_producer_stream(reinterpret_cast<std::intptr_t>(stream), &order_streams);
     return t;
+}
+
+/// Throws std::invalid_argument unless `source` is a non-empty, contiguous tensor on
+/// a device of type `a` or `b` (described as `kind`), naming the copy `what`.
+inline void require_contiguous_source(const Tensor& source, const char* what, const char* kind, DLDeviceType a,
+                                      DLDeviceType b) {
+    const std::string origin = std::string("pyscheduler::cuda::") + what;
+    const DLDeviceType where = source.device().device_type;
+    if (!source || (where != a && where != b)) {
+        throw std::invalid_argument(origin + ": the source must be a " + kind + " tensor, not " +
+                                    (source ? to_string(source.device()) : std::string("an empty Tensor")));
+    }
+    if (!source.is_contiguous()) throw std::invalid_argument(origin + ": the source must be contiguous (row-major)");
 }
 
 /// One element of N bytes: the host buffer of to_host, whatever the dtype.
@@ -197,14 +199,7 @@ Tensor empty(std::vector<std::int64_t> shape, int device = 0, cudaStream_t strea
 /// copy stages it before returning); pinned (cudaMallocHost) memory must stay alive
 /// until the copy is done.
 inline Tensor to_device(const Tensor& host, int device = 0, cudaStream_t stream = nullptr) {
-    const DLDeviceType where = host.device().device_type;
-    if (!host || (where != kDLCPU && where != kDLCUDAHost)) {
-        throw std::invalid_argument("pyscheduler::cuda::to_device: the source must be a CPU tensor, not " +
-                                    (host ? to_string(host.device()) : std::string("an empty Tensor")));
-    }
-    if (!host.is_contiguous()) {
-        throw std::invalid_argument("pyscheduler::cuda::to_device: the source must be contiguous (row-major)");
-    }
+    detail::require_contiguous_source(host, "to_device", "CPU", kDLCPU, kDLCUDAHost);
     Tensor out = detail::allocate(std::vector<std::int64_t>(host.shape().begin(), host.shape().end()), host.dtype(),
                                   device, stream);
     if (host.byte_size() > 0) {
@@ -218,14 +213,7 @@ inline Tensor to_device(const Tensor& host, int device = 0, cudaStream_t stream 
 /// Copies a contiguous CUDA tensor to a new CPU tensor and waits for the copy. Work
 /// pending on `stream` (e.g. the kernels that produced `tensor`) comes first.
 inline Tensor to_host(const Tensor& tensor, cudaStream_t stream = nullptr) {
-    const DLDeviceType where = tensor.device().device_type;
-    if (!tensor || (where != kDLCUDA && where != kDLCUDAManaged)) {
-        throw std::invalid_argument("pyscheduler::cuda::to_host: the source must be a CUDA tensor, not " +
-                                    (tensor ? to_string(tensor.device()) : std::string("an empty Tensor")));
-    }
-    if (!tensor.is_contiguous()) {
-        throw std::invalid_argument("pyscheduler::cuda::to_host: the source must be contiguous (row-major)");
-    }
+    detail::require_contiguous_source(tensor, "to_host", "CUDA", kDLCUDA, kDLCUDAManaged);
     switch (tensor.itemsize()) {
         case 1: return detail::download<1>(tensor, stream);
         case 2: return detail::download<2>(tensor, stream);

@@ -174,6 +174,36 @@ inline void validate_dl_tensor(const DLTensor& t, const std::string& origin) {
     }
 }
 
+/// Bytes of one element of `t`.
+inline std::size_t itemsize_of(const DLDataType& t) noexcept {
+    return (static_cast<std::size_t>(t.bits) * t.lanes + 7) / 8;
+}
+
+/// Number of elements `shape` holds; std::invalid_argument, naming `origin`, for a
+/// negative extent.
+inline std::int64_t element_count(const std::vector<std::int64_t>& shape, const std::string& origin) {
+    std::int64_t count = 1;
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (shape[i] < 0) {
+            throw std::invalid_argument(origin + ": negative extent " + std::to_string(shape[i]) + " in dimension " +
+                                        std::to_string(i));
+        }
+        count *= shape[i];
+    }
+    return count;
+}
+
+/// Row-major (C) strides, in elements, of a compact tensor of `shape`.
+inline std::vector<std::int64_t> compact_strides(std::span<const std::int64_t> shape) {
+    std::vector<std::int64_t> strides(shape.size());
+    std::int64_t step = 1;
+    for (std::size_t i = shape.size(); i-- > 0;) {
+        strides[i] = step;
+        step *= shape[i];
+    }
+    return strides;
+}
+
 }  // namespace detail
 
 // --- Tensor --------------------------------------------------------------------------
@@ -243,20 +273,13 @@ public:
             throw std::invalid_argument(origin + ": dtype " + to_string(dtype) + " does not have the size of the element type (" +
                                         std::to_string(sizeof(T)) + " bytes)");
         }
-        std::int64_t count = 1;
-        for (std::size_t i = 0; i < shape.size(); ++i) {
-            if (shape[i] < 0) {
-                throw std::invalid_argument(origin + ": negative extent " + std::to_string(shape[i]) + " in dimension " +
-                                            std::to_string(i));
-            }
-            count *= shape[i];
-        }
+        const std::int64_t count = detail::element_count(shape, origin);
         if (static_cast<std::uint64_t>(count) != data.size()) {
             throw std::invalid_argument(origin + ": the shape holds " + std::to_string(count) + " elements but the vector has " +
                                         std::to_string(data.size()));
         }
         auto* holder = new VectorHolder<T>{{}, std::move(data), std::move(shape), {}};
-        holder->strides = compact_strides_of(holder->shape);
+        holder->strides = detail::compact_strides(holder->shape);
         DLManagedTensor& m = holder->managed;
         m.dl_tensor.data = holder->data.data();
         m.dl_tensor.device = DLDevice{kDLCPU, 0};
@@ -331,7 +354,7 @@ public:
         return n;
     }
     /// Bytes of one element.
-    std::size_t itemsize() const noexcept { return (static_cast<std::size_t>(dtype().bits) * dtype().lanes + 7) / 8; }
+    std::size_t itemsize() const noexcept { return detail::itemsize_of(dtype()); }
     /// numel() * itemsize(): the bytes the elements take when packed.
     std::size_t byte_size() const noexcept { return static_cast<std::size_t>(numel()) * itemsize(); }
     /// Row-major (C) contiguous: strides equal compact strides, ignoring extents of 1.
@@ -393,19 +416,8 @@ private:
         std::vector<std::int64_t> strides;
     };
 
-    static std::vector<std::int64_t> compact_strides_of(const std::vector<std::int64_t>& shape) {
-        std::vector<std::int64_t> s(shape.size());
-        std::int64_t step = 1;
-        for (std::size_t i = shape.size(); i-- > 0;) {
-            s[i] = step;
-            step *= shape[i];
-        }
-        return s;
-    }
     void fill_compact_strides() {
-        if (tensor().strides == nullptr && ndim() > 0) {
-            compact_strides_ = compact_strides_of(std::vector<std::int64_t>(tensor().shape, tensor().shape + ndim()));
-        }
+        if (tensor().strides == nullptr && ndim() > 0) compact_strides_ = detail::compact_strides(shape());
     }
     const DLTensor& tensor() const noexcept { return managed_->dl_tensor; }
 
