@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
     auto h = python.loadPythonModule("pyscheduler_test_svd", "frobenius_squared", 4, 1);  // numpy loaded
     if (mode == "task_node") {
         // A queued item whose node is never completed nor freed.
-        auto leaked = pyscheduler::detail::make_task<int, int (*)(), int (*)(py::object)>(
+        auto leaked = pyscheduler::detail::make_task<std::future<int>, int (*)(), int (*)(py::object)>(
             +[] { return 1; }, +[](py::object) { return 1; });
         std::cout << "leaked a task node at " << static_cast<void*>(leaked.first) << "\n";
     } else if (mode == "py_object") {

@@ -1,6 +1,7 @@
-// One heap allocation per queued item: the task node, with the promise's shared
-// state and result storage carved out of the same block. Counted by replacing the
-// global operator new in this test binary.
+// One heap allocation per queued item: the task node, with the future's shared state
+// and result storage in the same block (std::future: the promise's two allocations
+// carved out of it; pyscheduler::Future: its state at the block's head). Counted by
+// replacing the global operator new in this test binary.
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -35,9 +36,9 @@ void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::fre
 namespace pyscheduler::test {
 namespace {
 
-template <class R, class Callback>
-double allocations_per_item(InvokeHandler& h, Callback cb, int items) {
-    std::vector<std::future<R>> futures;
+template <class R, class Handler, class Callback>
+double allocations_per_item(Handler& h, Callback cb, int items) {
+    std::vector<typename Handler::template future<R>> futures;
     futures.reserve(items);
     counting = true;
     allocations = 0;
@@ -64,6 +65,15 @@ TEST(Allocation, OneAllocationPerItemForAVoidResult) {
 
 TEST(Allocation, OneAllocationPerItemForAStringResult) {
     auto h = load("identity", 64, 4);
+    EXPECT_LE(allocations_per_item<std::string>(h, [](py::object) { return std::string(); }, 20000), kBudget);
+}
+
+TEST(Allocation, OneAllocationPerItemWithLightweightFutures) {
+    BasicPyManager<LightweightFuturePolicy> light;
+    light.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
+    auto h = light.loadPythonModule("pyscheduler_test_funcs", "identity", 64, 4);
+    EXPECT_LE(allocations_per_item<int>(h, cast_to<int>(), 20000), kBudget);
+    EXPECT_LE(allocations_per_item<void>(h, [](py::object) {}, 20000), kBudget);
     EXPECT_LE(allocations_per_item<std::string>(h, [](py::object) { return std::string(); }, 20000), kBudget);
 }
 

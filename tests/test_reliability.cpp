@@ -15,19 +15,6 @@ auto commit_value(int v) {
     return [v] { return v; };
 }
 
-/// Closes the gate of gated_identity; reopens it on destruction so no test can leave
-/// a batch stuck in Python. Declare it after the handler it gates: it must open before
-/// the handler's destructor drains (or a failed assertion would hang the test).
-struct Gate {
-    InvokeHandler close = load("close_gate");
-    InvokeHandler open_ = load("open_gate");
-    InvokeHandler entered = load("wait_until_entered");
-    Gate() { close.invoke<void>(); }
-    ~Gate() { open(); }
-    void open() { open_.invoke<void>(); }
-    void wait_until_entered() { entered.invoke<void>(); }  // blocks with the GIL released (Event.wait)
-};
-
 TEST(Shutdown, DrainCompletesEverythingThenRefuses) {
     auto h = load("double", 8, 2);
     std::vector<std::future<int>> futures;

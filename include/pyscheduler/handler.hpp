@@ -32,22 +32,35 @@ namespace pyscheduler {
 template <class Policy>
 class PYSCHEDULER_HIDDEN BasicPyManager;
 
-/// Waits for `future` with the GIL released if this thread holds it, then returns
-/// its value. Callbacks run with the GIL held: a callback that blocked on another
-/// handler's future with a plain get() would keep that handler's executor from ever
-/// taking the GIL. Use this instead.
-template <class T>
-T wait_and_get(std::future<T>& future) {
+/// Waits for `future` (std::future, std::shared_future or pyscheduler::Future) with
+/// the GIL released if this thread holds it, then returns get(). Callbacks run with
+/// the GIL held: a callback that blocked on another handler's future with a plain
+/// get() would keep that handler's executor from ever taking the GIL. Use this instead.
+template <class F>
+    requires requires(F& f) {
+        f.wait();
+        f.get();
+    }
+decltype(auto) wait_and_get(F&& future) {
     {
         detail::GilRelease unlocked;
         future.wait();
     }
     return future.get();
 }
-template <class T>
-T wait_and_get(std::future<T>&& future) {
-    return wait_and_get(future);
-}
+
+namespace detail {
+/// Policy::future<R> when the policy names one, else std::future<R>.
+template <class Policy, class R>
+struct FutureOf {
+    using type = std::future<R>;
+};
+template <class Policy, class R>
+    requires requires { typename Policy::template future<R>; }
+struct FutureOf<Policy, R> {
+    using type = typename Policy::template future<R>;
+};
+}  // namespace detail
 
 /// A Python function bound to its own pipeline. Move-only; moving keeps in-flight
 /// work. The destructor drains: every queued item completes before it returns.
@@ -56,6 +69,11 @@ T wait_and_get(std::future<T>&& future) {
 template <class Policy = DefaultPolicy>
 class PYSCHEDULER_HIDDEN BasicInvokeHandler {
 public:
+    /// What queue_invoke returns for a callback result R: std::future<R> under
+    /// DefaultPolicy, pyscheduler::Future<R> under LightweightFuturePolicy.
+    template <class R>
+    using future = typename detail::FutureOf<Policy, R>::type;
+
     BasicInvokeHandler(BasicInvokeHandler&&) noexcept = default;
     BasicInvokeHandler& operator=(BasicInvokeHandler&&) noexcept = default;  // drains the old pipeline
     ~BasicInvokeHandler() = default;
@@ -90,7 +108,8 @@ public:
         }
     }
 
-    /// Queues one item and returns the future of `callback(result)`.
+    /// Queues one item and returns the future (`future<R>`, see above) of
+    /// `callback(result)`.
     ///
     /// - `commit(args...)` runs on the handler's commit thread, ahead of execution.
     ///   If it returns a pybind11 object it runs with the GIL (one hold per bulk of
@@ -108,7 +127,7 @@ public:
               class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
         requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
                  std::invocable<std::decay_t<Callback>&&, pybind11::object>
-    std::future<R> queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
+    future<R> queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
         auto& p = pipeline();
         p.reserve_slot(/*wait=*/true);
         return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
@@ -121,7 +140,7 @@ public:
               class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
         requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
                  std::invocable<std::decay_t<Callback>&&, pybind11::object>
-    std::optional<std::future<R>> try_queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
+    std::optional<future<R>> try_queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
         auto& p = pipeline();
         if (!p.reserve_slot(/*wait=*/false)) return std::nullopt;
         return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
@@ -157,10 +176,12 @@ private:
 
     /// Builds the item (its queue slot already reserved) and queues it.
     template <class R, class Commit, class Callback, class... Args>
-    std::future<R> enqueue(Pipeline& p, Commit&& commit, Callback&& callback, Args&&... args) {
-        std::pair<detail::TaskBase*, std::future<R>> item;
+    future<R> enqueue(Pipeline& p, Commit&& commit, Callback&& callback, Args&&... args) {
+        static_assert(detail::is_supported_future_v<future<R>>,
+                      "pyscheduler: Policy::future<R> must be std::future<R> or pyscheduler::Future<R>");
+        std::pair<detail::TaskBase*, future<R>> item;
         try {
-            item = detail::make_task<R, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
+            item = detail::make_task<future<R>, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
                 std::forward<Commit>(commit), std::forward<Callback>(callback), std::forward<Args>(args)...);
         } catch (...) {
             p.unreserve_slot();

@@ -2,8 +2,12 @@
 #pragma once
 
 #include <chrono>
+#include <future>
 
 namespace pyscheduler {
+
+template <class R>
+class Future;  // pyscheduler/future.hpp
 
 /// The policy `PyManager` uses. Write your own struct with the same members to change
 /// them; every handler of a `BasicPyManager<YourPolicy>` follows it.
@@ -23,6 +27,21 @@ struct DefaultPolicy {
     /// kernel. Spinning shortens the wake-up of a stage that is about to get work;
     /// parking makes idle handlers cost no CPU.
     static constexpr int idle_spins = 10000;
+
+    /// What queue_invoke returns for a callback result R: std::future<R>, or
+    /// pyscheduler::Future<R> (see LightweightFuturePolicy). A policy without this
+    /// member gets std::future.
+    template <class R>
+    using future = std::future<R>;
+};
+
+/// DefaultPolicy, except that queue_invoke returns pyscheduler::Future<R>: the same
+/// get/wait/wait_for/wait_until/valid, no share(), and no system call per item to
+/// make the result ready (libstdc++'s std::promise makes one). The higher-throughput
+/// choice when a handler moves hundreds of thousands of small items a second.
+struct LightweightFuturePolicy : DefaultPolicy {
+    template <class R>
+    using future = Future<R>;
 };
 
 }  // namespace pyscheduler

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "pyscheduler/errors.hpp"
+#include "pyscheduler/future.hpp"
 #include "pyscheduler/handler.hpp"
 #include "pyscheduler/manager.hpp"
 #include "pyscheduler/options.hpp"

@@ -56,9 +56,23 @@ std::string what_of(F&& f) {
 /// instead of blocking ctest until its timeout.
 inline constexpr auto kNoHang = std::chrono::seconds(60);
 
-template <class T>
-bool completes(std::future<T>& f) {
+/// For std::future and pyscheduler::Future alike.
+template <class F>
+bool completes(F& f) {
     return f.wait_for(kNoHang) == std::future_status::ready;
 }
+
+/// Closes the gate of gated_identity; reopens it on destruction so no test can leave
+/// a batch stuck in Python. Declare it after the handler it gates: it must open before
+/// the handler's destructor drains (or a failed assertion would hang the test).
+struct PYSCHEDULER_HIDDEN Gate {
+    InvokeHandler close = load("close_gate");
+    InvokeHandler open_ = load("open_gate");
+    InvokeHandler entered = load("wait_until_entered");
+    Gate() { close.invoke<void>(); }
+    ~Gate() { open(); }
+    void open() { open_.invoke<void>(); }
+    void wait_until_entered() { entered.invoke<void>(); }  // blocks with the GIL released (Event.wait)
+};
 
 }  // namespace pyscheduler::test

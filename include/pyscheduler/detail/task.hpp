@@ -2,21 +2,24 @@
 // through the pipeline, and the one heap block it lives in.
 //
 // A queued item needs: the user's commit function, callback and arguments, the
-// committed value, the callback's result, and a std::promise whose shared state the
-// returned std::future points at. std::promise normally allocates twice (shared state
-// and result storage). Here everything lives in one block:
+// committed value, the callback's result, and the shared state that the returned
+// future points at. Everything lives in one block, whose head depends on the future
+// type the policy chose:
 //
-//     [ BlockHeader (16 B) | arena: promise state + result storage | Task ]
+//   std::future<R>:        [ BlockHeader (16 B) | arena: promise state + result | Task ]
+//   pyscheduler::Future<R>: [ FutureState<R>                                     | Task ]
 //
-// The promise is built with an allocator that carves its two allocations out of the
-// arena. The arena's size is measured once per result type R (by building one
-// promise with the same allocator type in "measure" mode), so it fits exactly with
-// any standard library. The block is freed when the pipeline is done with the Task
-// and the future side has given its arena allocations back.
+// std::promise normally allocates twice (shared state and result storage); here it
+// is built with an allocator that carves both out of the arena. The arena's size is
+// measured once per result type R (by building one promise with the same allocator
+// type in "measure" mode), so it fits exactly with any standard library. The block
+// is freed when the pipeline is done with the Task and the future side has let go
+// of the shared state.
 #pragma once
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -34,6 +37,7 @@
 
 #include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/future.hpp"
 
 namespace pyscheduler::detail {
 
@@ -71,21 +75,6 @@ public:
             const std::uint32_t align = align_;
             this->~BlockHeader();
             free_block(this, align);
-        }
-    }
-
-    /// Plain operator new already aligns to 16 bytes; the aligned overload rounds the
-    /// size up to the alignment, which costs a malloc size class. Used for over-aligned
-    /// tasks only.
-    static void* allocate_block(std::size_t size, std::size_t align) {
-        return align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ ? ::operator new(size)
-                                                         : ::operator new(size, std::align_val_t(align));
-    }
-    static void free_block(void* p, std::size_t align) noexcept {
-        if (align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-            ::operator delete(p);
-        } else {
-            ::operator delete(p, std::align_val_t(align));
         }
     }
 
@@ -141,6 +130,60 @@ std::size_t promise_arena_bytes() {
     return bytes;
 }
 
+// --- the producer side of each future type -------------------------------------
+
+/// How an item makes and fulfils a future of type F, and the head of its block
+/// (built first, at the block's start; the Task follows). The head's release()
+/// drops the Task's reference once the Task is destroyed.
+template <class F>
+struct Completion;
+
+template <class F>
+inline constexpr bool is_supported_future_v = false;
+template <class R>
+inline constexpr bool is_supported_future_v<std::future<R>> = true;
+template <class R>
+inline constexpr bool is_supported_future_v<Future<R>> = true;
+
+template <class R>
+struct Completion<std::future<R>> {
+    using value_type = R;
+    using Head = BlockHeader;
+    static std::size_t head_bytes() { return sizeof(BlockHeader) + promise_arena_bytes<R>(); }
+    static Head* make_head(void* memory, std::size_t align) noexcept {
+        return ::new (memory)
+            BlockHeader(static_cast<std::uint32_t>(promise_arena_bytes<R>()), static_cast<std::uint32_t>(align));
+    }
+
+    explicit Completion(Head* head) : promise(std::allocator_arg, ArenaAllocator<char>(head)) {}
+    std::future<R> get_future() { return promise.get_future(); }
+    template <class... V>
+    void set_value(V&&... v) {  // throws what R's move constructor throws
+        promise.set_value(std::forward<V>(v)...);
+    }
+    void set_exception(std::exception_ptr e) { promise.set_exception(std::move(e)); }
+
+    std::promise<R> promise;
+};
+
+template <class R>
+struct Completion<Future<R>> {
+    using value_type = R;
+    using Head = FutureState<R>;
+    static std::size_t head_bytes() noexcept { return sizeof(Head); }
+    static Head* make_head(void* memory, std::size_t align) noexcept { return ::new (memory) Head(align); }
+
+    explicit Completion(Head* head) noexcept : state(head) {}
+    Future<R> get_future() noexcept { return state->make_future(); }
+    template <class... V>
+    void set_value(V&&... v) noexcept {
+        state->set_value(std::forward<V>(v)...);
+    }
+    void set_exception(std::exception_ptr e) noexcept { state->set_exception(std::move(e)); }
+
+    Head* state;
+};
+
 // --- the type-erased task ----------------------------------------------------
 
 /// What the pipeline sees of a queued item. The stages call, in order:
@@ -182,17 +225,27 @@ template <class R>
 struct ResultSlot {
     std::optional<R> value;
     bool has() const noexcept { return value.has_value(); }
-    void set_promise(std::promise<R>& p) { p.set_value(std::move(*value)); }
+    template <class C>
+    void fulfil(C& completion) {
+        completion.set_value(std::move(*value));
+    }
 };
 template <>
 struct ResultSlot<void> {
     bool done = false;
     bool has() const noexcept { return done; }
-    void set_promise(std::promise<void>& p) { p.set_value(); }
+    template <class C>
+    void fulfil(C& completion) {
+        completion.set_value();
+    }
 };
 
-template <class R, class Commit, class Callback, class... Args>
+/// One queued item whose result goes to a future of type F.
+template <class F, class Commit, class Callback, class... Args>
 class PYSCHEDULER_HIDDEN Task final : public TaskBase {
+    using R = typename Completion<F>::value_type;
+    using Head = typename Completion<F>::Head;
+
 public:
     using Committed = std::invoke_result_t<Commit&&, Args&&...>;
     static_assert(!std::is_void_v<Committed>,
@@ -201,17 +254,15 @@ public:
                   "pyscheduler: the commit function must return a value, not a reference");
 
     template <class C, class B, class... A>
-    Task(BlockHeader* block, C&& commit, B&& callback, A&&... args)
-        : promise_(std::allocator_arg, ArenaAllocator<char>(block)),
+    Task(Head* head, C&& commit, B&& callback, A&&... args)
+        : completion_(head),
           closures_(std::in_place, std::forward<C>(commit), std::forward<B>(callback),
                     std::tuple<Args...>(std::forward<A>(args)...)) {}
 
-    /// Offset of the Task from its block's start (header + arena).
-    static std::size_t offset_in_block() {
-        return align_up(sizeof(BlockHeader) + promise_arena_bytes<R>(), alignof(Task));
-    }
+    /// Offset of the Task from its block's start (the head).
+    static std::size_t offset_in_block() { return align_up(Completion<F>::head_bytes(), alignof(Task)); }
 
-    std::future<R> get_future() { return promise_.get_future(); }
+    F get_future() { return completion_.get_future(); }
 
     bool commit_needs_gil() const noexcept override { return is_python_object_v<Committed>; }
 
@@ -257,22 +308,22 @@ public:
     void complete() noexcept override {
         try {
             if (error) {
-                promise_.set_exception(std::move(error));  // the future holds the only reference
+                completion_.set_exception(std::move(error));  // the future holds the only reference
             } else if (result_.has()) {
-                result_.set_promise(promise_);
+                result_.fulfil(completion_);
             } else {
-                promise_.set_exception(std::make_exception_ptr(
+                completion_.set_exception(std::make_exception_ptr(
                     std::logic_error("pyscheduler: internal error: item finished without a result")));
             }
         } catch (...) {  // set_value moved R and R's move threw: the future gets that
             try {
-                promise_.set_exception(std::current_exception());
+                completion_.set_exception(std::current_exception());
             } catch (...) {
             }
         }
-        auto* block = reinterpret_cast<BlockHeader*>(reinterpret_cast<unsigned char*>(this) - offset_in_block());
+        auto* head = reinterpret_cast<Head*>(reinterpret_cast<unsigned char*>(this) - offset_in_block());
         this->~Task();
-        block->release();
+        head->release();
     }
 
 private:
@@ -286,26 +337,27 @@ private:
         std::optional<Committed> committed;
     };
 
-    std::promise<R> promise_;
+    Completion<F> completion_;
     std::optional<Closures> closures_;
     ResultSlot<R> result_;
 };
 
-/// Allocates one block and builds the Task in it. Returns the task and its future.
-template <class R, class Commit, class Callback, class... Args, class C, class B, class... A>
-std::pair<TaskBase*, std::future<R>> make_task(C&& commit, B&& callback, A&&... args) {
-    using TaskT = Task<R, Commit, Callback, Args...>;
+/// Allocates one block, builds its head and the Task in it. Returns the task and its
+/// future (of type F).
+template <class F, class Commit, class Callback, class... Args, class C, class B, class... A>
+std::pair<TaskBase*, F> make_task(C&& commit, B&& callback, A&&... args) {
+    using TaskT = Task<F, Commit, Callback, Args...>;
+    using Head = typename Completion<F>::Head;
     const std::size_t offset = TaskT::offset_in_block();
-    const std::size_t align = std::max<std::size_t>(16, alignof(TaskT));
-    void* memory = BlockHeader::allocate_block(offset + sizeof(TaskT), align);
-    auto* block = ::new (memory) BlockHeader(static_cast<std::uint32_t>(offset - sizeof(BlockHeader)),
-                                             static_cast<std::uint32_t>(align));
+    const std::size_t align = std::max({std::size_t{16}, alignof(TaskT), alignof(Head)});
+    void* memory = allocate_block(offset + sizeof(TaskT), align);
+    Head* head = Completion<F>::make_head(memory, align);
     TaskT* task;
     try {
         task = ::new (static_cast<unsigned char*>(memory) + offset)
-            TaskT(block, std::forward<C>(commit), std::forward<B>(callback), std::forward<A>(args)...);
+            TaskT(head, std::forward<C>(commit), std::forward<B>(callback), std::forward<A>(args)...);
     } catch (...) {
-        block->release();  // the Task's reference; arena allocations were given back by unwinding
+        head->release();  // the Task's reference; arena allocations were given back by unwinding
         throw;
     }
     return {task, task->get_future()};

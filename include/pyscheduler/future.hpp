@@ -1,0 +1,306 @@
+// pyscheduler/future.hpp - pyscheduler::Future<R>, the future that queue_invoke
+// returns under LightweightFuturePolicy.
+//
+// Why it exists: fulfilling a std::promise costs a system call per item with
+// libstdc++ (the shared state is made ready through std::call_once, and glibc's
+// pthread_once ends its slow path, which every fresh promise takes, with an
+// unconditional futex wake). At a million items a second that system call is the
+// largest single cost of the pipeline. Future<R> makes its result ready with one
+// atomic exchange and enters the kernel only when a thread is actually waiting.
+//
+// It keeps std::future's contract for what it offers: get() once (then invalid),
+// wait(), wait_for(), wait_until(), valid(), and std::future_error(no_state) on an
+// invalid future. It has no share().
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <ctime>
+#include <exception>
+#include <future>
+#include <new>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#if defined(__linux__) && !defined(PYSCHEDULER_FUTURE_PORTABLE_WAIT)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#include <condition_variable>
+#include <mutex>
+#endif
+
+namespace pyscheduler {
+
+template <class R>
+class Future;
+
+namespace detail {
+
+/// An event that is set once. The word is 0 (pending), 1 (set) or 2 (pending, and a
+/// thread is parked on it or about to park): set() makes a system call only in the
+/// last case.
+///
+/// Threads park on a futex (Linux), or elsewhere (and with
+/// PYSCHEDULER_FUTURE_PORTABLE_WAIT defined, which the tests use to exercise it) on
+/// one of a fixed set of mutex + condition variable pairs chosen by address.
+class OneShotEvent {
+public:
+    using Deadline = std::chrono::steady_clock::time_point;
+
+    bool is_set() const noexcept { return word_.load(std::memory_order_acquire) == kSet; }
+
+    void set() noexcept {
+        if (word_.exchange(kSet, std::memory_order_acq_rel) == kParked) wake_all();
+    }
+
+    /// Waits until the event is set, or until `*deadline` when one is given. Returns
+    /// is_set().
+    bool wait(const Deadline* deadline) const noexcept {
+        for (int i = 0; i < kSpins; ++i) {  // a result about to arrive is cheaper to spin for than to park for
+            if (is_set()) return true;
+            pause();
+        }
+        std::uint32_t w = word_.load(std::memory_order_acquire);
+        while (w != kSet) {
+            if (w == kPending && !word_.compare_exchange_weak(w, kParked, std::memory_order_acquire)) continue;
+            if (!park(deadline)) return is_set();
+            w = word_.load(std::memory_order_acquire);
+        }
+        return true;
+    }
+
+private:
+    static constexpr std::uint32_t kPending = 0;
+    static constexpr std::uint32_t kSet = 1;
+    static constexpr std::uint32_t kParked = 2;
+    static constexpr int kSpins = 64;
+
+    static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        asm volatile("yield");
+#endif
+    }
+
+#if defined(__linux__) && !defined(PYSCHEDULER_FUTURE_PORTABLE_WAIT)
+    std::uint32_t* address() const noexcept {
+        static_assert(sizeof(word_) == sizeof(std::uint32_t));
+        return reinterpret_cast<std::uint32_t*>(const_cast<std::atomic<std::uint32_t>*>(&word_));
+    }
+    /// Sleeps while the word is kParked. False once the deadline has passed.
+    bool park(const Deadline* deadline) const noexcept {
+        // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (steady_clock's
+        // clock in libstdc++ and libc++), so spurious wake-ups do not stretch the wait.
+        timespec ts{};
+        if (deadline) {
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline->time_since_epoch()).count();
+            if (ns <= 0) return false;
+            ts.tv_sec = static_cast<std::time_t>(ns / 1000000000);
+            ts.tv_nsec = static_cast<long>(ns % 1000000000);
+        }
+        const long rc = ::syscall(SYS_futex, address(), FUTEX_WAIT_BITSET_PRIVATE, kParked, deadline ? &ts : nullptr,
+                                  nullptr, FUTEX_BITSET_MATCH_ANY);
+        return !(rc == -1 && errno == ETIMEDOUT);
+    }
+    void wake_all() noexcept { ::syscall(SYS_futex, address(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0); }
+#else
+    struct Bucket {
+        std::mutex mutex;
+        std::condition_variable cv;
+    };
+    Bucket& bucket() const noexcept {
+        static Bucket buckets[64];
+        return buckets[(reinterpret_cast<std::uintptr_t>(this) >> 4) % 64];
+    }
+    // The setter changes the word before it takes the bucket's lock, and the parker
+    // reads it under that lock: a wake-up cannot fall between the check and the wait.
+    bool park(const Deadline* deadline) const noexcept {
+        Bucket& b = bucket();
+        std::unique_lock<std::mutex> lock(b.mutex);
+        while (word_.load(std::memory_order_acquire) == kParked) {
+            if (!deadline) {
+                b.cv.wait(lock);
+            } else if (b.cv.wait_until(lock, *deadline) == std::cv_status::timeout) {
+                return false;
+            }
+        }
+        return true;
+    }
+    void wake_all() noexcept {
+        Bucket& b = bucket();
+        { std::lock_guard<std::mutex> lock(b.mutex); }
+        b.cv.notify_all();
+    }
+#endif
+
+    mutable std::atomic<std::uint32_t> word_{kPending};
+};
+
+/// A queued item's heap block. Plain operator new already aligns to 16 bytes; the
+/// aligned overload rounds the size up to the alignment, which costs a malloc size
+/// class, so it serves over-aligned items only.
+inline void* allocate_block(std::size_t size, std::size_t align) {
+    return align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ ? ::operator new(size)
+                                                     : ::operator new(size, std::align_val_t(align));
+}
+inline void free_block(void* p, std::size_t align) noexcept {
+    if (align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
+        ::operator delete(p);
+    } else {
+        ::operator delete(p, std::align_val_t(align));
+    }
+}
+
+/// The shared state of one Future<R>, at the start of its item's heap block (the
+/// pipeline's task node follows it). Two references: the item's, dropped once it
+/// has fulfilled the state, and the Future's. The last one destroys the state and
+/// frees the block.
+template <class R>
+class FutureState {
+public:
+    /// `block_align`: the alignment the block was allocated with (to free it).
+    explicit FutureState(std::size_t block_align) noexcept : align_(block_align) {}
+    FutureState(const FutureState&) = delete;
+    FutureState& operator=(const FutureState&) = delete;
+
+    /// The one Future of this state; takes its reference.
+    Future<R> make_future() noexcept {
+        refs_.fetch_add(1, std::memory_order_relaxed);
+        return Future<R>(this);
+    }
+
+    template <class... V>
+    void set_value(V&&... v) noexcept {
+        try {
+            if constexpr (!std::is_void_v<R>) value_.emplace(std::forward<V>(v)...);
+        } catch (...) {  // R's constructor threw: the future gets that
+            error_ = std::current_exception();
+        }
+        ready_.set();
+    }
+    void set_exception(std::exception_ptr e) noexcept {
+        error_ = std::move(e);
+        ready_.set();
+    }
+
+    bool is_ready() const noexcept { return ready_.is_set(); }
+    bool wait(const OneShotEvent::Deadline* deadline) const noexcept { return ready_.wait(deadline); }
+
+    /// After wait(): the value, or the stored exception rethrown.
+    R take() {
+        if (error_) std::rethrow_exception(error_);
+        if constexpr (!std::is_void_v<R>) return std::move(*value_);
+    }
+
+    void release() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            const std::size_t align = align_;
+            this->~FutureState();
+            free_block(this, align);
+        }
+    }
+
+private:
+    struct Empty {};
+    using Storage = std::conditional_t<std::is_void_v<R>, Empty, std::optional<std::conditional_t<std::is_void_v<R>, int, R>>>;
+
+    std::atomic<std::uint32_t> refs_{1};  // the item's; make_future() adds the Future's
+    OneShotEvent ready_;
+    std::size_t align_;
+    std::exception_ptr error_;
+    [[no_unique_address]] Storage value_;
+};
+
+}  // namespace detail
+
+/// The result of one queued item under LightweightFuturePolicy: std::future's
+/// interface without share(), and without a system call to make it ready unless a
+/// thread is already waiting. Move-only; destroying it before the item completes is
+/// fine (the item still runs; its result is dropped).
+template <class R>
+class Future {
+    static_assert(!std::is_reference_v<R>, "pyscheduler::Future holds values, not references");
+
+public:
+    Future() noexcept = default;
+    Future(Future&& other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
+    Future& operator=(Future&& other) noexcept {
+        if (this != &other) {
+            reset();
+            state_ = std::exchange(other.state_, nullptr);
+        }
+        return *this;
+    }
+    Future(const Future&) = delete;
+    Future& operator=(const Future&) = delete;
+    ~Future() { reset(); }
+
+    /// False for a default-constructed or moved-from future, and after get().
+    bool valid() const noexcept { return state_ != nullptr; }
+
+    /// True once the result (value or exception) is there; never blocks.
+    bool is_ready() const {
+        check();
+        return state_->is_ready();
+    }
+
+    /// Blocks until the result is there.
+    void wait() const {
+        check();
+        state_->wait(nullptr);
+    }
+
+    template <class Rep, class Period>
+    std::future_status wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+        return wait_until(std::chrono::steady_clock::now() + timeout);
+    }
+
+    template <class Clock, class Duration>
+    std::future_status wait_until(const std::chrono::time_point<Clock, Duration>& deadline) const {
+        check();
+        for (;;) {
+            if (state_->is_ready()) return std::future_status::ready;
+            const auto now = Clock::now();
+            if (now >= deadline) return std::future_status::timeout;
+            // The futex deadline is on steady_clock; another Clock is re-checked after each wait.
+            const auto steady = std::chrono::steady_clock::now() +
+                                std::chrono::ceil<std::chrono::steady_clock::duration>(deadline - now);
+            state_->wait(&steady);
+        }
+    }
+
+    /// Waits, then returns the value or throws the item's exception. The future is
+    /// invalid afterwards (either way), as a std::future is.
+    R get() {
+        check();
+        state_->wait(nullptr);
+        struct Release {
+            Future& f;
+            ~Release() { f.reset(); }
+        } release{*this};
+        return state_->take();
+    }
+
+private:
+    friend class detail::FutureState<R>;
+    explicit Future(detail::FutureState<R>* state) noexcept : state_(state) {}
+
+    void check() const {
+        if (!state_) throw std::future_error(std::future_errc::no_state);
+    }
+    void reset() noexcept {
+        if (state_) std::exchange(state_, nullptr)->release();
+    }
+
+    detail::FutureState<R>* state_ = nullptr;
+};
+
+}  // namespace pyscheduler

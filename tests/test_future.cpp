@@ -1,0 +1,365 @@
+// pyscheduler::Future<R> on its own (no interpreter): the std::future contract it
+// keeps, the lifetime of its shared state, and stress tests of the park/wake
+// protocol. Built twice: with the Linux futex, and with
+// PYSCHEDULER_FUTURE_PORTABLE_WAIT (the mutex + condition variable fallback).
+#include <gtest/gtest.h>
+#include <pyscheduler/future.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace pyscheduler::test {
+namespace {
+
+using std::chrono::milliseconds;
+using Steady = std::chrono::steady_clock;
+
+constexpr auto kNoHang = std::chrono::seconds(60);
+constexpr auto kLostWakeUp = std::chrono::seconds(5);
+
+/// The producer's side of a state, as the pipeline holds it: fulfil it once, then
+/// release().
+template <class R>
+struct Producer {
+    detail::FutureState<R>* state;
+    void set_value(auto&&... v) {
+        state->set_value(std::forward<decltype(v)>(v)...);
+        state->release();
+    }
+    void set_exception(std::exception_ptr e) {
+        state->set_exception(std::move(e));
+        state->release();
+    }
+};
+
+/// A state in a block of its own (as the pipeline makes them), its producer and its future.
+template <class R>
+std::pair<Producer<R>, Future<R>> make_future() {
+    constexpr std::size_t align = alignof(detail::FutureState<R>) > 16 ? alignof(detail::FutureState<R>) : 16;
+    void* memory = detail::allocate_block(sizeof(detail::FutureState<R>), align);
+    auto* state = ::new (memory) detail::FutureState<R>(align);
+    return {Producer<R>{state}, state->make_future()};
+}
+
+/// Counts live instances; its move constructor throws when asked to.
+struct Counted {
+    static inline std::atomic<int> live{0};
+    int value;
+    bool throw_on_move = false;
+    explicit Counted(int v, bool t = false) : value(v), throw_on_move(t) { ++live; }
+    Counted(Counted&& o) : value(o.value), throw_on_move(o.throw_on_move) {
+        if (throw_on_move) throw std::runtime_error("Counted: move refused");
+        ++live;
+    }
+    Counted(const Counted&) = delete;
+    ~Counted() { --live; }
+};
+
+/// Expects `f()` to throw std::future_error with no_state.
+template <class F>
+void expect_no_state(F&& f) {
+    try {
+        f();
+        ADD_FAILURE() << "did not throw";
+    } catch (const std::future_error& e) {
+        EXPECT_EQ(e.code(), std::future_errc::no_state);
+    }
+}
+
+/// Busy-waits a pseudo-random while (mostly under a microsecond, one time in four up
+/// to some tens): puts the setter anywhere in the waiter's spin, park or sleep.
+void jitter(std::uint32_t& seed) {
+    seed ^= seed << 13;
+    seed ^= seed >> 17;
+    seed ^= seed << 5;
+    const std::uint32_t n = seed % 4 == 0 ? seed % 32768 : seed % 1024;
+    for (std::uint32_t i = 0; i < n; ++i) std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+TEST(Future, ValueSetBeforeGet) {
+    auto [producer, future] = make_future<int>();
+    EXPECT_TRUE(future.valid());
+    EXPECT_FALSE(future.is_ready());
+    producer.set_value(42);
+    EXPECT_TRUE(future.is_ready());
+    EXPECT_EQ(future.wait_for(milliseconds(0)), std::future_status::ready);
+    EXPECT_EQ(future.get(), 42);
+    EXPECT_FALSE(future.valid());
+}
+
+TEST(Future, GetWaitsForAValueSetLater) {
+    auto [producer, future] = make_future<std::string>();
+    std::thread setter([p = producer] {
+        std::this_thread::sleep_for(milliseconds(50));  // long enough that get() has parked
+        Producer<std::string>(p).set_value("late");
+    });
+    EXPECT_EQ(future.get(), "late");
+    setter.join();
+}
+
+TEST(Future, VoidFuture) {
+    auto [producer, future] = make_future<void>();
+    producer.set_value();
+    future.get();
+    EXPECT_FALSE(future.valid());
+}
+
+TEST(Future, ExceptionReachesGetAndInvalidates) {
+    auto [producer, future] = make_future<int>();
+    producer.set_exception(std::make_exception_ptr(std::runtime_error("boom")));
+    EXPECT_TRUE(future.is_ready());
+    try {
+        future.get();
+        ADD_FAILURE() << "did not throw";
+    } catch (const std::runtime_error& e) {
+        EXPECT_STREQ(e.what(), "boom");
+    }
+    EXPECT_FALSE(future.valid());
+}
+
+TEST(Future, VoidFutureException) {
+    auto [producer, future] = make_future<void>();
+    producer.set_exception(std::make_exception_ptr(std::logic_error("void boom")));
+    EXPECT_THROW(future.get(), std::logic_error);
+}
+
+TEST(Future, MoveOnlyValue) {
+    auto [producer, future] = make_future<std::unique_ptr<int>>();
+    producer.set_value(std::make_unique<int>(7));
+    auto p = future.get();
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(*p, 7);
+}
+
+TEST(Future, ValueWhoseMoveThrowsBecomesTheException) {
+    {
+        auto [producer, future] = make_future<Counted>();
+        producer.set_value(Counted(1, /*throw_on_move=*/true));
+        try {
+            future.get();
+            ADD_FAILURE() << "did not throw";
+        } catch (const std::runtime_error& e) {
+            EXPECT_STREQ(e.what(), "Counted: move refused");
+        }
+    }
+    EXPECT_EQ(Counted::live.load(), 0);
+}
+
+TEST(Future, InvalidFutureThrowsNoState) {
+    Future<int> empty;
+    EXPECT_FALSE(empty.valid());
+    expect_no_state([&] { empty.get(); });
+    expect_no_state([&] { empty.wait(); });
+    expect_no_state([&] { (void)empty.wait_for(milliseconds(1)); });
+    expect_no_state([&] { (void)empty.is_ready(); });
+
+    auto [producer, future] = make_future<int>();
+    producer.set_value(1);
+    EXPECT_EQ(future.get(), 1);
+    expect_no_state([&] { future.get(); });  // get() once, as std::future
+}
+
+TEST(Future, MovesTransferTheState) {
+    auto [producer, future] = make_future<int>();
+    Future<int> moved(std::move(future));
+    EXPECT_FALSE(future.valid());  // NOLINT(bugprone-use-after-move): the moved-from state is the point
+    EXPECT_TRUE(moved.valid());
+    Future<int> assigned;
+    assigned = std::move(moved);
+    EXPECT_FALSE(moved.valid());  // NOLINT(bugprone-use-after-move)
+    producer.set_value(5);
+    EXPECT_EQ(assigned.get(), 5);
+}
+
+TEST(Future, WaitForTimesOutThenSeesTheValue) {
+    auto [producer, future] = make_future<int>();
+    const auto t0 = Steady::now();
+    EXPECT_EQ(future.wait_for(milliseconds(20)), std::future_status::timeout);
+    EXPECT_GE(Steady::now() - t0, milliseconds(20));  // a timeout never ends early
+    EXPECT_EQ(future.wait_for(milliseconds(0)), std::future_status::timeout);
+    EXPECT_EQ(future.wait_for(milliseconds(-5)), std::future_status::timeout);
+    producer.set_value(3);
+    EXPECT_EQ(future.wait_for(milliseconds(0)), std::future_status::ready);
+    EXPECT_EQ(future.get(), 3);
+}
+
+TEST(Future, WaitUntilOnAnotherClock) {
+    auto [producer, future] = make_future<int>();
+    using System = std::chrono::system_clock;
+    EXPECT_EQ(future.wait_until(System::now() - milliseconds(1)), std::future_status::timeout);
+    const auto deadline = System::now() + milliseconds(20);
+    EXPECT_EQ(future.wait_until(deadline), std::future_status::timeout);
+    EXPECT_GE(System::now(), deadline);
+    std::thread setter([p = producer] {
+        std::this_thread::sleep_for(milliseconds(20));
+        Producer<int>(p).set_value(9);
+    });
+    EXPECT_EQ(future.wait_until(System::now() + kNoHang), std::future_status::ready);
+    EXPECT_EQ(future.get(), 9);
+    setter.join();
+}
+
+TEST(Future, AbandonedBeforeTheValueDestroysItOnce) {
+    {
+        auto [producer, future] = make_future<Counted>();
+        { Future<Counted> dropped = std::move(future); }  // the future goes first
+        producer.set_value(Counted(1));
+    }
+    EXPECT_EQ(Counted::live.load(), 0);
+    {
+        auto [producer, future] = make_future<Counted>();
+        producer.set_value(Counted(2));  // the producer goes first; the value waits in the state
+        EXPECT_EQ(Counted::live.load(), 1);
+    }
+    EXPECT_EQ(Counted::live.load(), 0);  // destroyed with the unread future
+}
+
+TEST(Future, MoveAssignmentReleasesTheOldState) {
+    auto [p1, f1] = make_future<Counted>();
+    auto [p2, f2] = make_future<Counted>();
+    p1.set_value(Counted(1));
+    p2.set_value(Counted(2));
+    EXPECT_EQ(Counted::live.load(), 2);
+    f1 = std::move(f2);  // f1's unread value goes with its state
+    EXPECT_EQ(Counted::live.load(), 1);
+    EXPECT_EQ(f1.get().value, 2);
+    EXPECT_EQ(Counted::live.load(), 0);
+}
+
+TEST(Future, OverAlignedValue) {
+    struct alignas(64) Wide {
+        int v;
+    };
+    auto [producer, future] = make_future<Wide>();
+    producer.set_value(Wide{11});
+    Wide w = future.get();
+    EXPECT_EQ(w.v, 11);
+}
+
+// --- stress: the park / wake protocol --------------------------------------------------
+
+// The waiter announces which future it is about to wait on; the setter sets that one
+// after a random delay, so the set lands before, during and after the waiter's spin,
+// its switch to "parked" and its sleep. The setter sets within microseconds of the
+// announcement, so a wait that lasts seconds is a lost wake-up.
+TEST(FutureStress, SetterRacesTheWaitersPark) {
+    constexpr int kRounds = 100000;
+    std::vector<Producer<int>> producers;
+    std::vector<Future<int>> futures;
+    for (int i = 0; i < kRounds; ++i) {
+        auto [p, f] = make_future<int>();
+        producers.push_back(p);
+        futures.push_back(std::move(f));
+    }
+    std::atomic<int> announced{-1};
+    std::thread setter([&] {
+        std::uint32_t seed = 12345;
+        for (int i = 0; i < kRounds; ++i) {
+            while (announced.load(std::memory_order_acquire) < i) std::this_thread::yield();
+            jitter(seed);
+            producers[i].set_value(i);
+        }
+    });
+    int wrong = 0;
+    for (int i = 0; i < kRounds; ++i) {
+        announced.store(i, std::memory_order_release);
+        const auto t0 = Steady::now();
+        // A timed wait, so that a lost wake-up ends; the value is there by then, so
+        // only the time it took tells.
+        const bool ready = futures[i].wait_for(kLostWakeUp) == std::future_status::ready;
+        if (!ready || Steady::now() - t0 >= kLostWakeUp) {
+            ADD_FAILURE() << "lost wake-up at " << i;
+            announced.store(kRounds, std::memory_order_release);  // let the setter finish
+            break;
+        }
+        wrong += futures[i].get() != i;
+    }
+    setter.join();
+    EXPECT_EQ(wrong, 0);
+}
+
+// Timed waits racing the set: whatever wait_for says must be true, and the value
+// must arrive.
+TEST(FutureStress, TimedWaitsRaceTheSetter) {
+    constexpr int kRounds = 20000;
+    std::vector<Producer<int>> producers;
+    std::vector<Future<int>> futures;
+    for (int i = 0; i < kRounds; ++i) {
+        auto [p, f] = make_future<int>();
+        producers.push_back(p);
+        futures.push_back(std::move(f));
+    }
+    std::atomic<int> announced{-1};
+    std::thread setter([&] {
+        std::uint32_t seed = 99;
+        for (int i = 0; i < kRounds; ++i) {
+            while (announced.load(std::memory_order_acquire) < i) std::this_thread::yield();
+            jitter(seed);
+            producers[i].set_value(i);
+        }
+    });
+    int lied = 0, wrong = 0;
+    for (int i = 0; i < kRounds; ++i) {
+        announced.store(i, std::memory_order_release);
+        if (futures[i].wait_for(std::chrono::microseconds(i % 7)) == std::future_status::ready) {
+            lied += !futures[i].is_ready();
+        }
+        wrong += futures[i].get() != i;
+    }
+    setter.join();
+    EXPECT_EQ(lied, 0);
+    EXPECT_EQ(wrong, 0);
+}
+
+// Many waiters and setters on distinct futures at once (states share parking buckets
+// in the portable build), futures dropped unread by some waiters.
+TEST(FutureStress, ManyThreads) {
+    constexpr int kWaiters = 4, kSetters = 2, kPerWaiter = 20000;
+    std::vector<std::vector<Producer<int>>> producers(kWaiters);
+    std::vector<std::vector<Future<int>>> futures(kWaiters);
+    for (int w = 0; w < kWaiters; ++w) {
+        for (int i = 0; i < kPerWaiter; ++i) {
+            auto [p, f] = make_future<int>();
+            producers[w].push_back(p);
+            futures[w].push_back(std::move(f));
+        }
+    }
+    std::vector<std::thread> threads;
+    for (int s = 0; s < kSetters; ++s) {
+        threads.emplace_back([&, s] {
+            std::uint32_t seed = 7 + static_cast<std::uint32_t>(s);
+            for (int i = 0; i < kPerWaiter; ++i) {
+                for (int w = s; w < kWaiters; w += kSetters) {
+                    if (i % 64 == 0) jitter(seed);
+                    producers[w][i].set_value(w * kPerWaiter + i);
+                }
+            }
+        });
+    }
+    std::atomic<int> wrong{0};
+    for (int w = 0; w < kWaiters; ++w) {
+        threads.emplace_back([&, w] {
+            for (int i = 0; i < kPerWaiter; ++i) {
+                if (w == 0 && i % 3 == 0) {
+                    futures[w][i] = Future<int>();  // dropped unread, maybe before its value
+                    continue;
+                }
+                if (futures[w][i].wait_for(kNoHang) != std::future_status::ready ||
+                    futures[w][i].get() != w * kPerWaiter + i) {
+                    ++wrong;
+                }
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(wrong.load(), 0);
+}
+
+}  // namespace
+}  // namespace pyscheduler::test
