@@ -57,27 +57,34 @@ double percentile(std::vector<double> v, double q) {
 
 double ns_since(Clock::time_point t0) { return std::chrono::duration<double, std::nano>(Clock::now() - t0).count(); }
 
-/// Raw limit of a scalar call: identity(i) through pybind11, GIL held, per-call p50
-/// (timed exactly like the pyscheduler calls it is compared with).
-double raw_scalar_call_p50_ns(int calls) {
-    pyscheduler::detail::GilHold gil;
-    py::object fn = py::module_::import("pyscheduler_bench_funcs").attr("identity");
-    std::vector<double> ns;
-    ns.reserve(calls);
-    for (int i = 0; i < calls; ++i) {
-        auto t0 = Clock::now();
-        benchmark::DoNotOptimize(fn(i).cast<int>());
-        ns.push_back(ns_since(t0));
+// Raw limits are measured interleaved with the figures they bound (a raw round, then
+// ours, every iteration): this VM's speed drifts by tens of percent within a run, and
+// a ratio of two measurements taken seconds apart would carry that drift.
+
+/// A bench function, looked up with the GIL and dropped with it.
+class BenchFunction {
+public:
+    explicit BenchFunction(const char* name) {
+        pyscheduler::detail::GilHold gil;
+        fn_ = py::module_::import("pyscheduler_bench_funcs").attr(name);
     }
-    return percentile(ns, 0.5);
-}
+    ~BenchFunction() {
+        pyscheduler::detail::GilHold gil;
+        fn_ = py::object();
+    }
+    const py::object& operator*() const { return fn_; }
+
+private:
+    py::object fn_;
+};
 
 /// Raw limit of a batched call, per item: a list of `batch` ints built, the function
 /// called once, the results unpacked; GIL held throughout. C API, no pybind11 layers:
 /// the stricter of the two limits.
 double raw_batch_ns_per_item(const char* function, std::size_t batch, std::size_t items) {
+    const BenchFunction f(function);
     pyscheduler::detail::GilHold gil;
-    py::object fn = py::module_::import("pyscheduler_bench_funcs").attr(function);
+    const py::object& fn = *f;
     long sink = 0;
     const auto t0 = Clock::now();
     for (std::size_t done = 0; done < items; done += batch) {
@@ -96,8 +103,9 @@ double raw_batch_ns_per_item(const char* function, std::size_t batch, std::size_
 /// calling the py::object, py::handle::cast per result): the limit the issue's
 /// targets are stated against.
 double raw_pybind11_batch_ns_per_item(const char* function, std::size_t batch, std::size_t items) {
+    const BenchFunction f(function);
     pyscheduler::detail::GilHold gil;
-    py::object fn = py::module_::import("pyscheduler_bench_funcs").attr(function);
+    const py::object& fn = *f;
     long sink = 0;
     const auto t0 = Clock::now();
     for (std::size_t done = 0; done < items; done += batch) {
@@ -114,21 +122,30 @@ auto cast_int = [](py::object o) { return o.cast<int>(); };
 
 // --- invoke ------------------------------------------------------------------
 
+/// Raw limit: identity(i) through pybind11 with the GIL already held, timed the same
+/// way, one raw call before each of ours.
 void BM_Invoke(benchmark::State& state) {
     auto h = load("identity", options(1, 1));
-    const double raw = raw_scalar_call_p50_ns(200000);
-    std::vector<double> ns;
+    const BenchFunction fn("identity");
+    std::vector<double> ns, raw;
     int i = 0;
     for (auto _ : state) {
-        auto t0 = Clock::now();
+        {
+            pyscheduler::detail::GilHold gil;
+            const auto t0 = Clock::now();
+            benchmark::DoNotOptimize((*fn)(i).cast<int>());
+            raw.push_back(ns_since(t0));
+        }
+        const auto t0 = Clock::now();
         benchmark::DoNotOptimize(h.invoke<int>(i++));
         ns.push_back(ns_since(t0));
     }
     const double p50 = percentile(ns, 0.5);
+    const double raw_p50 = percentile(raw, 0.5);
     state.counters["p50_ns"] = p50;
     state.counters["p99_ns"] = percentile(ns, 0.99);
-    state.counters["raw_p50_ns"] = raw;
-    state.counters["x_raw"] = p50 / raw;
+    state.counters["raw_p50_ns"] = raw_p50;
+    state.counters["x_raw"] = p50 / raw_p50;
 }
 BENCHMARK(BM_Invoke)->Iterations(200000);
 
@@ -166,15 +183,18 @@ void BM_QueueInvokeThroughput(benchmark::State& state) {
     const auto producers = static_cast<int>(state.range(1));
     const std::size_t items = 120000;
     auto h = load<Policy>("identity_batch", options(batch, 64));
-    const double raw = raw_batch_ns_per_item("identity_batch", batch, items);
-    const double raw_pybind11 = raw_pybind11_batch_ns_per_item("identity_batch", batch, items);
-    double seconds = 0;
+    double seconds = 0, raw_sum = 0, raw_pybind11_sum = 0;
     for (auto _ : state) {
+        raw_sum += raw_batch_ns_per_item("identity_batch", batch, items);
+        raw_pybind11_sum += raw_pybind11_batch_ns_per_item("identity_batch", batch, items);
         const double s = run_items(h, producers, items);
         state.SetIterationTime(s);
         seconds += s;
     }
-    const double ns_per_item = seconds * 1e9 / static_cast<double>(items * state.iterations());
+    const auto iterations = static_cast<double>(state.iterations());
+    const double raw = raw_sum / iterations;
+    const double raw_pybind11 = raw_pybind11_sum / iterations;
+    const double ns_per_item = seconds * 1e9 / (static_cast<double>(items) * iterations);
     state.counters["items_per_s"] = 1e9 / ns_per_item;
     state.counters["ns_per_item"] = ns_per_item;
     state.counters["raw_ns_per_item"] = raw;
@@ -204,58 +224,76 @@ BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)
 
 /// Raw limit of a round trip: a batch-1 item hops caller -> commit thread -> executor
 /// -> caller, so it can be no faster than three threads waking one another in a
-/// chain. Measured with the pipeline's own semaphore (same idle spinning) for the two
-/// helper threads, and a caller that parks at once (as a future's waiter does), with
-/// the same gap between rounds. Returns the p50 in nanoseconds.
-double raw_wake_chain_p50_ns(std::chrono::microseconds gap, int rounds) {
+/// chain. The two relay threads wait on the pipeline's own semaphore (same idle
+/// spinning); the caller parks at once, as a future's waiter does.
+class WakeChain {
+public:
+    WakeChain()
+        : commit_(0, DefaultPolicy::idle_spins),
+          executor_(0, DefaultPolicy::idle_spins),
+          back_(0, 0),
+          commit_thread_([this] { relay(commit_, executor_); }),
+          executor_thread_([this] { relay(executor_, back_); }) {}
+    ~WakeChain() {
+        stop_ = true;
+        commit_.signal();
+        executor_.signal();
+        commit_thread_.join();
+        executor_thread_.join();
+    }
+    /// One trip around the chain, in nanoseconds.
+    double round_ns() {
+        const auto t0 = Clock::now();
+        commit_.signal();
+        back_.wait();
+        return ns_since(t0);
+    }
+
+private:
     using Semaphore = moodycamel::LightweightSemaphore;
-    Semaphore to_commit(0, DefaultPolicy::idle_spins), to_executor(0, DefaultPolicy::idle_spins), back(0, 0);
-    std::atomic<bool> stop{false};
-    auto relay = [&](Semaphore& in, Semaphore& out) {
+    void relay(Semaphore& in, Semaphore& out) {
         for (;;) {
             in.wait();
-            if (stop.load()) return;
+            if (stop_.load()) return;
             out.signal();
         }
-    };
-    std::thread commit(relay, std::ref(to_commit), std::ref(to_executor));
-    std::thread executor(relay, std::ref(to_executor), std::ref(back));
-    std::vector<double> ns;
-    for (int i = 0; i < rounds; ++i) {
-        if (gap.count() > 0) std::this_thread::sleep_for(gap);
-        const auto t0 = Clock::now();
-        to_commit.signal();
-        back.wait();
-        ns.push_back(ns_since(t0));
     }
-    stop = true;
-    to_commit.signal();
-    to_executor.signal();
-    commit.join();
-    executor.join();
-    return percentile(ns, 0.5);
-}
+    Semaphore commit_, executor_, back_;
+    std::atomic<bool> stop_{false};
+    std::thread commit_thread_, executor_thread_;
+};
 
 template <class Policy>
 void round_trip(benchmark::State& state, std::chrono::microseconds gap) {
     auto h = load<Policy>("identity_batch", options(1, 1));
-    std::vector<double> ns;
+    WakeChain chain;
+    // Raw rounds go in blocks: one before each of ours when requests are 2 ms apart;
+    // 1000 before every 1000 of ours back to back (a raw round between two of ours
+    // would make them no longer back to back).
+    const int block = gap.count() > 0 ? 1 : 1000;
+    std::vector<double> ns, raw;
     int i = 0;
     for (auto _ : state) {
-        if (gap.count() > 0) {
+        if (i % block == 0 || gap.count() > 0) {
             state.PauseTiming();
-            std::this_thread::sleep_for(gap);  // the workload: requests arrive 2 ms apart
+            if (i % block == 0) {
+                for (int r = 0; r < block; ++r) {
+                    if (gap.count() > 0) std::this_thread::sleep_for(gap);
+                    raw.push_back(chain.round_ns());
+                }
+            }
+            if (gap.count() > 0) std::this_thread::sleep_for(gap);  // the workload: requests arrive 2 ms apart
             state.ResumeTiming();
         }
         auto t0 = Clock::now();
         benchmark::DoNotOptimize(h.queue_invoke([v = i++] { return v; }, cast_int).get());
         ns.push_back(ns_since(t0));
     }
-    const double raw = raw_wake_chain_p50_ns(gap, static_cast<int>(state.iterations()));
+    const double raw_p50 = percentile(raw, 0.5);
     state.counters["p50_us"] = percentile(ns, 0.5) / 1000;
     state.counters["p99_us"] = percentile(ns, 0.99) / 1000;
-    state.counters["raw_p50_us"] = raw / 1000;
-    state.counters["x_raw"] = percentile(ns, 0.5) / raw;
+    state.counters["raw_p50_us"] = raw_p50 / 1000;
+    state.counters["x_raw"] = percentile(ns, 0.5) / raw_p50;
 }
 template <class Policy>
 void BM_RoundTripBackToBack(benchmark::State& state) {
@@ -329,26 +367,27 @@ BENCHMARK_TEMPLATE(BM_MemoryPerPendingItem, LightweightFuturePolicy)
 
 // --- several handlers at once -----------------------------------------------------------
 
+template <class Policy>
 void BM_MixedHandlers(benchmark::State& state) {
-    std::vector<InvokeHandler> handlers;
-    handlers.push_back(load("identity_batch", options(256, 8)));
-    handlers.push_back(load("double_batch", options(64, 4)));
-    handlers.push_back(load("sum_batch", options(8, 4)));
-    handlers.push_back(load("identity_batch", options(1, 4)));
+    using Handler = pyscheduler::BasicInvokeHandler<Policy>;
+    std::vector<Handler> handlers;
+    handlers.push_back(load<Policy>("identity_batch", options(256, 8)));
+    handlers.push_back(load<Policy>("double_batch", options(64, 4)));
+    handlers.push_back(load<Policy>("sum_batch", options(8, 4)));
+    handlers.push_back(load<Policy>("identity_batch", options(1, 4)));
     const std::size_t per_handler = 20000;
-    double raw_ns = 0;
-    for (const char* fn : {"identity_batch", "double_batch", "sum_batch"}) {
-        raw_ns += raw_batch_ns_per_item(fn, fn[0] == 'i' ? 256 : fn[0] == 'd' ? 64 : 8, per_handler);
-    }
-    raw_ns += raw_batch_ns_per_item("identity_batch", 1, per_handler);
-    raw_ns /= 4;
+    double raw_sum = 0;  // mean over the four handlers' limits, summed over iterations
     double seconds = 0;
     for (auto _ : state) {
+        for (const char* fn : {"identity_batch", "double_batch", "sum_batch"}) {
+            raw_sum += raw_batch_ns_per_item(fn, fn[0] == 'i' ? 256 : fn[0] == 'd' ? 64 : 8, per_handler) / 4;
+        }
+        raw_sum += raw_batch_ns_per_item("identity_batch", 1, per_handler) / 4;
         const auto t0 = Clock::now();
         std::vector<std::thread> producers;
         for (int p = 0; p < 2; ++p) {
             producers.emplace_back([&] {
-                std::vector<std::future<int>> futures;
+                std::vector<typename Handler::template future<int>> futures;
                 futures.reserve(per_handler * handlers.size() / 2);
                 for (std::size_t i = 0; i < per_handler / 2; ++i) {
                     for (auto& h : handlers) futures.push_back(h.queue_invoke([v = int(i)] { return v; }, cast_int));
@@ -365,10 +404,15 @@ void BM_MixedHandlers(benchmark::State& state) {
         seconds * 1e9 / static_cast<double>(per_handler * handlers.size() * state.iterations());
     state.counters["items_per_s"] = 1e9 / ns_per_item;
     state.counters["ns_per_item"] = ns_per_item;
+    const double raw_ns = raw_sum / static_cast<double>(state.iterations());
     state.counters["raw_ns_per_item"] = raw_ns;
     state.counters["x_raw"] = ns_per_item / raw_ns;
 }
-BENCHMARK(BM_MixedHandlers)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_MixedHandlers, DefaultPolicy)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_MixedHandlers, LightweightFuturePolicy)
+    ->Iterations(3)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 // --- parallel pure Python: two handlers, one GIL each --------------------------------------
 
