@@ -205,6 +205,19 @@ TEST(Future, WaitUntilOnAnotherClock) {
     setter.join();
 }
 
+TEST(Future, TimeoutsTooLongToAddAreWaitsWithoutOne) {
+    auto [producer, future] = make_future<int>();
+    std::thread setter([p = producer] {
+        std::this_thread::sleep_for(milliseconds(20));
+        Producer<int>(p).set_value(4);
+    });
+    EXPECT_EQ(future.wait_for(std::chrono::hours::max()), std::future_status::ready);
+    EXPECT_EQ(future.wait_until(std::chrono::system_clock::time_point::max()), std::future_status::ready);
+    EXPECT_EQ(future.wait_for(std::chrono::duration<double>(1e300)), std::future_status::ready);
+    EXPECT_EQ(future.get(), 4);
+    setter.join();
+}
+
 TEST(Future, AbandonedBeforeTheValueDestroysItOnce) {
     {
         auto [producer, future] = make_future<Counted>();

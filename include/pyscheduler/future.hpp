@@ -48,8 +48,10 @@ namespace detail {
 /// last case.
 ///
 /// Threads park on a futex (Linux), or elsewhere (and with
-/// PYSCHEDULER_FUTURE_PORTABLE_WAIT defined, which the tests use to exercise it) on
-/// one of a fixed set of mutex + condition variable pairs chosen by address.
+/// PYSCHEDULER_FUTURE_PORTABLE_WAIT defined, which the tests use to exercise it) on a
+/// mutex + condition variable of the event's own. Not on a shared table of them: two
+/// shared libraries that include this header each get their own copy of any static,
+/// and a Future made in one may be waited on in the other.
 class OneShotEvent {
 public:
     using Deadline = std::chrono::steady_clock::time_point;
@@ -101,33 +103,27 @@ private:
     }
     void wake_all() noexcept { ::syscall(SYS_futex, address(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0); }
 #else
-    struct Bucket {
-        std::mutex mutex;
-        std::condition_variable cv;
-    };
-    Bucket& bucket() const noexcept {
-        static Bucket buckets[64];
-        return buckets[(reinterpret_cast<std::uintptr_t>(this) >> 4) % 64];
-    }
-    // The setter changes the word before it takes the bucket's lock, and the parker
-    // reads it under that lock: a wake-up cannot fall between the check and the wait.
+    // The setter changes the word before it takes the lock, and the parker reads it
+    // under the lock: a wake-up cannot fall between the check and the wait. The
+    // setter's reference to the shared state keeps the event alive through
+    // wake_all(), even when the woken waiter lets go of the state at once.
     bool park(const Deadline* deadline) const noexcept {
-        Bucket& b = bucket();
-        std::unique_lock<std::mutex> lock(b.mutex);
+        std::unique_lock<std::mutex> lock(mutex_);
         while (word_.load(std::memory_order_acquire) == kParked) {
             if (!deadline) {
-                b.cv.wait(lock);
-            } else if (b.cv.wait_until(lock, *deadline) == std::cv_status::timeout) {
+                cv_.wait(lock);
+            } else if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout) {
                 return false;
             }
         }
         return true;
     }
     void wake_all() noexcept {
-        Bucket& b = bucket();
-        { std::lock_guard<std::mutex> lock(b.mutex); }
-        b.cv.notify_all();
+        { std::lock_guard<std::mutex> lock(mutex_); }
+        cv_.notify_all();
     }
+    mutable std::mutex mutex_;
+    mutable std::condition_variable cv_;
 #endif
 
     mutable std::atomic<std::uint32_t> word_{kPending};
@@ -199,7 +195,8 @@ public:
 
 private:
     struct Empty {};
-    using Storage = std::conditional_t<std::is_void_v<R>, Empty, std::optional<std::conditional_t<std::is_void_v<R>, int, R>>>;
+    using Value = std::conditional_t<std::is_void_v<R>, int, R>;  // std::optional<void> is ill-formed
+    using Storage = std::conditional_t<std::is_void_v<R>, Empty, std::optional<Value>>;
 
     std::atomic<std::uint32_t> refs_{1};  // the item's; make_future() adds the Future's
     OneShotEvent ready_;
@@ -249,7 +246,10 @@ public:
 
     template <class Rep, class Period>
     std::future_status wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
-        return wait_until(std::chrono::steady_clock::now() + timeout);
+        check();
+        if (timeout >= kForever) return wait_forever();  // now() + timeout could overflow
+        return wait_until(std::chrono::steady_clock::now() +
+                          std::chrono::ceil<std::chrono::steady_clock::duration>(timeout));
     }
 
     template <class Clock, class Duration>
@@ -259,9 +259,11 @@ public:
             if (state_->is_ready()) return std::future_status::ready;
             const auto now = Clock::now();
             if (now >= deadline) return std::future_status::timeout;
-            // The futex deadline is on steady_clock; another Clock is re-checked after each wait.
-            const auto steady = std::chrono::steady_clock::now() +
-                                std::chrono::ceil<std::chrono::steady_clock::duration>(deadline - now);
+            const auto left = deadline - now;
+            if (left >= kForever) return wait_forever();
+            // The wait's deadline is on steady_clock; another Clock is re-checked after each wait.
+            const std::chrono::steady_clock::time_point steady =
+                std::chrono::steady_clock::now() + std::chrono::ceil<std::chrono::steady_clock::duration>(left);
             state_->wait(&steady);
         }
     }
@@ -281,6 +283,13 @@ public:
 private:
     friend class detail::FutureState<R>;
     explicit Future(detail::FutureState<R>* state) noexcept : state_(state) {}
+
+    /// Timeouts this long (a century) are waits without one.
+    static constexpr std::chrono::hours kForever{24 * 365 * 100};
+    std::future_status wait_forever() const {
+        state_->wait(nullptr);
+        return std::future_status::ready;
+    }
 
     void check() const {
         if (!state_) throw std::future_error(std::future_errc::no_state);
