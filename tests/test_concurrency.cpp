@@ -1,4 +1,7 @@
 // Many producers, many handlers, destruction with pending work, moves in flight.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -34,6 +37,63 @@ TEST(Concurrency, FourProducersOneHandler) {
     auto s = h.get_queue_stats();
     EXPECT_EQ(s.total_enqueued, static_cast<std::uint64_t>(kProducers * kItems));
     EXPECT_EQ(s.completed, static_cast<std::uint64_t>(kProducers * kItems));
+}
+
+// Producers that pause between items (busy waits of random length, up to about a
+// tenth of a millisecond, and now and then a sleep long enough for every stage to
+// park): the stages park and wake over and over, at every point of their spin, while
+// items from other producers keep arriving. Every item must still arrive, once and
+// in its own future, with and without a batch delay.
+void idle_wake_stress(const HandlerOptions& options) {
+    constexpr int kProducers = 3;
+    constexpr int kItems = 1500;
+    auto h = load("double", options);
+    std::atomic<long> wrong{0};
+    std::vector<std::thread> producers;
+    for (int p = 0; p < kProducers; ++p) {
+        producers.emplace_back([&, p] {
+            std::uint32_t seed = 2463534242u + static_cast<std::uint32_t>(p);
+            for (int i = 0; i < kItems; ++i) {
+                const long v = static_cast<long>(p) * kItems + i;
+                auto f = h.queue_invoke([v] { return v; }, cast_to<long>());
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                if (seed % 64 == 0) {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // long enough to park
+                } else {
+                    for (std::uint32_t k = 0, n = seed % 200000; k < n; ++k) {
+                        std::atomic_signal_fence(std::memory_order_seq_cst);
+                    }
+                }
+                if (i % 2 == 0) {  // half are waited for at once: round trips into an idle handler
+                    if (!completes(f) || f.get() != 2 * v) ++wrong;
+                } else if (f.get() != 2 * v) {
+                    ++wrong;
+                }
+            }
+        });
+    }
+    for (auto& t : producers) t.join();
+    EXPECT_EQ(wrong.load(), 0);
+    auto s = h.get_queue_stats();
+    EXPECT_EQ(s.completed, static_cast<std::uint64_t>(kProducers * kItems));
+    EXPECT_EQ(s.failed, 0u);
+}
+
+TEST(Concurrency, StagesParkingAndWakingLoseNothing) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 2;
+    idle_wake_stress(o);
+}
+
+TEST(Concurrency, StagesParkingAndWakingWithABatchDelay) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 2;
+    o.max_batch_delay = std::chrono::microseconds(200);
+    idle_wake_stress(o);
 }
 
 TEST(Concurrency, DozensOfHandlersAtOnce) {
