@@ -21,7 +21,6 @@ using pyscheduler::DefaultPolicy;
 using pyscheduler::HandlerOptions;
 using pyscheduler::InvokeHandler;
 using pyscheduler::LightweightFuturePolicy;
-using pyscheduler::PyManager;
 using Clock = std::chrono::steady_clock;
 
 namespace {
