@@ -257,43 +257,57 @@ TEST(Future, OverAlignedValue) {
 
 // --- stress: the park / wake protocol --------------------------------------------------
 
-// The waiter announces which future it is about to wait on; the setter sets that one
-// after a random delay, so the set lands before, during and after the waiter's spin,
-// its switch to "parked" and its sleep. The setter sets within microseconds of the
-// announcement, so a wait that lasts seconds is a lost wake-up.
+/// `n` futures of int with their producers, and a setter thread that sets future i
+/// to i once the waiter has announced i (then after a random delay), so the set
+/// lands before, during and after the waiter's switch to "parked" and its sleep.
+class AnnouncedSetter {
+public:
+    AnnouncedSetter(int n, std::uint32_t seed) {
+        for (int i = 0; i < n; ++i) {
+            auto [p, f] = make_future<int>();
+            producers_.push_back(p);
+            futures.push_back(std::move(f));
+        }
+        setter_ = std::thread([this, n, seed]() mutable {
+            for (int i = 0; i < n; ++i) {
+                while (announced_.load(std::memory_order_acquire) < i) std::this_thread::yield();
+                jitter(seed);
+                producers_[i].set_value(i);
+            }
+        });
+    }
+    ~AnnouncedSetter() {
+        announce(static_cast<int>(futures.size()));  // lets the setter finish after an early exit
+        setter_.join();
+    }
+    void announce(int i) { announced_.store(i, std::memory_order_release); }
+
+    std::vector<Future<int>> futures;
+
+private:
+    std::vector<Producer<int>> producers_;
+    std::atomic<int> announced_{-1};
+    std::thread setter_;
+};
+
+// The setter sets within microseconds of the announcement, so a wait that lasts
+// seconds is a lost wake-up.
 TEST(FutureStress, SetterRacesTheWaitersPark) {
     constexpr int kRounds = 100000;
-    std::vector<Producer<int>> producers;
-    std::vector<Future<int>> futures;
-    for (int i = 0; i < kRounds; ++i) {
-        auto [p, f] = make_future<int>();
-        producers.push_back(p);
-        futures.push_back(std::move(f));
-    }
-    std::atomic<int> announced{-1};
-    std::thread setter([&] {
-        std::uint32_t seed = 12345;
-        for (int i = 0; i < kRounds; ++i) {
-            while (announced.load(std::memory_order_acquire) < i) std::this_thread::yield();
-            jitter(seed);
-            producers[i].set_value(i);
-        }
-    });
+    AnnouncedSetter s(kRounds, 12345);
     int wrong = 0;
     for (int i = 0; i < kRounds; ++i) {
-        announced.store(i, std::memory_order_release);
+        s.announce(i);
         const auto t0 = Steady::now();
         // A timed wait, so that a lost wake-up ends; the value is there by then, so
         // only the time it took tells.
-        const bool ready = futures[i].wait_for(kLostWakeUp) == std::future_status::ready;
+        const bool ready = s.futures[i].wait_for(kLostWakeUp) == std::future_status::ready;
         if (!ready || Steady::now() - t0 >= kLostWakeUp) {
             ADD_FAILURE() << "lost wake-up at " << i;
-            announced.store(kRounds, std::memory_order_release);  // let the setter finish
             break;
         }
-        wrong += futures[i].get() != i;
+        wrong += s.futures[i].get() != i;
     }
-    setter.join();
     EXPECT_EQ(wrong, 0);
 }
 
@@ -301,31 +315,15 @@ TEST(FutureStress, SetterRacesTheWaitersPark) {
 // must arrive.
 TEST(FutureStress, TimedWaitsRaceTheSetter) {
     constexpr int kRounds = 20000;
-    std::vector<Producer<int>> producers;
-    std::vector<Future<int>> futures;
-    for (int i = 0; i < kRounds; ++i) {
-        auto [p, f] = make_future<int>();
-        producers.push_back(p);
-        futures.push_back(std::move(f));
-    }
-    std::atomic<int> announced{-1};
-    std::thread setter([&] {
-        std::uint32_t seed = 99;
-        for (int i = 0; i < kRounds; ++i) {
-            while (announced.load(std::memory_order_acquire) < i) std::this_thread::yield();
-            jitter(seed);
-            producers[i].set_value(i);
-        }
-    });
+    AnnouncedSetter s(kRounds, 99);
     int lied = 0, wrong = 0;
     for (int i = 0; i < kRounds; ++i) {
-        announced.store(i, std::memory_order_release);
-        if (futures[i].wait_for(std::chrono::microseconds(i % 7)) == std::future_status::ready) {
-            lied += !futures[i].is_ready();
+        s.announce(i);
+        if (s.futures[i].wait_for(std::chrono::microseconds(i % 7)) == std::future_status::ready) {
+            lied += !s.futures[i].is_ready();
         }
-        wrong += futures[i].get() != i;
+        wrong += s.futures[i].get() != i;
     }
-    setter.join();
     EXPECT_EQ(lied, 0);
     EXPECT_EQ(wrong, 0);
 }
