@@ -142,15 +142,27 @@ inline std::string to_string(const DLDevice& d) {
 
 namespace detail {
 
+/// Number of elements `shape` holds; std::invalid_argument, naming `origin`, for a
+/// negative extent.
+inline std::int64_t element_count(std::span<const std::int64_t> shape, const std::string& origin) {
+    std::int64_t count = 1;
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (shape[i] < 0) {
+            throw std::invalid_argument(origin + ": negative extent " + std::to_string(shape[i]) + " in dimension " +
+                                        std::to_string(i));
+        }
+        count *= shape[i];
+    }
+    return count;
+}
+
 /// Throws std::invalid_argument, naming `origin`, unless pyscheduler can hold `t`:
 /// a sane shape, one lane of a numeric or bool type, memory on the CPU or a CUDA device.
 inline void validate_dl_tensor(const DLTensor& t, const std::string& origin) {
     auto fail = [&](const std::string& why) { throw std::invalid_argument(origin + ": " + why); };
     if (t.ndim < 0) fail("negative ndim " + std::to_string(t.ndim));
     if (t.ndim > 0 && t.shape == nullptr) fail("the tensor has " + std::to_string(t.ndim) + " dimensions but no shape");
-    for (int i = 0; i < t.ndim; ++i) {
-        if (t.shape[i] < 0) fail("negative extent " + std::to_string(t.shape[i]) + " in dimension " + std::to_string(i));
-    }
+    if (t.ndim > 0) element_count(std::span<const std::int64_t>(t.shape, static_cast<std::size_t>(t.ndim)), origin);
     const DLDataType d = t.dtype;
     if (d.lanes != 1) fail("unsupported dtype " + to_string(d) + ": vector types (lanes > 1) are not supported");
     const bool bits_ok = [&] {
@@ -177,20 +189,6 @@ inline void validate_dl_tensor(const DLTensor& t, const std::string& origin) {
 /// Bytes of one element of `t`.
 inline std::size_t itemsize_of(const DLDataType& t) noexcept {
     return (static_cast<std::size_t>(t.bits) * t.lanes + 7) / 8;
-}
-
-/// Number of elements `shape` holds; std::invalid_argument, naming `origin`, for a
-/// negative extent.
-inline std::int64_t element_count(const std::vector<std::int64_t>& shape, const std::string& origin) {
-    std::int64_t count = 1;
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        if (shape[i] < 0) {
-            throw std::invalid_argument(origin + ": negative extent " + std::to_string(shape[i]) + " in dimension " +
-                                        std::to_string(i));
-        }
-        count *= shape[i];
-    }
-    return count;
 }
 
 /// Row-major (C) strides, in elements, of a compact tensor of `shape`.
@@ -695,14 +693,14 @@ inline Tensor Tensor::from_python(pybind11::handle obj, std::optional<std::intpt
     if (PyCapsule_CheckExact(obj.ptr())) return detail::consume_dltensor_capsule(obj.ptr(), origin);
 
     const std::string type_name = Py_TYPE(obj.ptr())->tp_name;
-    if (!py::hasattr(obj, "__dlpack__")) {
+    const py::object method = py::getattr(obj, "__dlpack__", py::none());
+    if (method.is_none()) {
         throw std::invalid_argument(origin + ": a " + type_name +
                                     " object has no __dlpack__ method, so it is not a DLPack tensor (numpy arrays, torch "
                                     "tensors and cupy arrays are)");
     }
     py::object capsule;
     try {
-        py::object method = obj.attr("__dlpack__");
         capsule = stream ? method(py::arg("stream") = *stream) : method();
     } catch (const py::error_already_set& e) {
         // numpy >= 2 marks arrays it imported through legacy DLPack read-only and
