@@ -69,9 +69,7 @@ TEST(Allocation, OneAllocationPerItemForAStringResult) {
 }
 
 TEST(Allocation, OneAllocationPerItemWithLightweightFutures) {
-    BasicPyManager<LightweightFuturePolicy> light;
-    light.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
-    auto h = light.loadPythonModule("pyscheduler_test_funcs", "identity", 64, 4);
+    auto h = load<LightweightFuturePolicy>("identity", 64, 4);
     EXPECT_LE(allocations_per_item<int>(h, cast_to<int>(), 20000), kBudget);
     EXPECT_LE(allocations_per_item<void>(h, [](py::object) {}, 20000), kBudget);
     EXPECT_LE(allocations_per_item<std::string>(h, [](py::object) { return std::string(); }, 20000), kBudget);

@@ -14,35 +14,14 @@
 namespace pyscheduler::test {
 namespace {
 
-using LightManager = BasicPyManager<LightweightFuturePolicy>;
-using LightHandler = LightManager::InvokeHandler;
-
-LightManager& light_python() {
-    static LightManager manager = [] {
-        LightManager m;
-        m.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
-        return m;
-    }();
-    return manager;
-}
-
-LightHandler load_light(const std::string& function, const HandlerOptions& options) {
-    return light_python().loadPythonModule("pyscheduler_test_funcs", function, options);
-}
-
-LightHandler load_light(const std::string& function, std::size_t batch_size = 1, std::size_t prefetch_depth = 1) {
-    HandlerOptions o;
-    o.batch_size = batch_size;
-    o.prefetch_depth = prefetch_depth;
-    return load_light(function, o);
-}
+using Light = LightweightFuturePolicy;
 
 auto commit_value(int v) {
     return [v] { return v; };
 }
 
 TEST(LightweightFuture, ManyProducersBesideADefaultPolicyHandler) {
-    auto light = load_light("double", 16, 4);
+    auto light = load<Light>("double", 16, 4);
     auto standard = load("double", 16, 4);  // the same function, std::future, at the same time
     static_assert(std::is_same_v<decltype(light.queue_invoke(commit_value(1), cast_to<int>())), Future<int>>);
     static_assert(std::is_same_v<decltype(standard.queue_invoke(commit_value(1), cast_to<int>())), std::future<int>>);
@@ -70,7 +49,7 @@ TEST(LightweightFuture, ManyProducersBesideADefaultPolicyHandler) {
 }
 
 TEST(LightweightFuture, VoidMoveOnlyAndPythonObjectCommits) {
-    auto h = load_light("identity", 4);
+    auto h = load<Light>("identity", 4);
     std::atomic<int> seen{0};
     Future<void> done = h.queue_invoke(commit_value(3), [&](py::object o) { seen += o.cast<int>(); });
     Future<std::unique_ptr<int>> boxed =
@@ -83,7 +62,7 @@ TEST(LightweightFuture, VoidMoveOnlyAndPythonObjectCommits) {
 }
 
 TEST(LightweightFuture, ErrorsReachExactlyTheAffectedFutures) {
-    auto h = load_light("identity", 8);
+    auto h = load<Light>("identity", 8);
     std::vector<Future<int>> futures;
     for (int i = 0; i < 40; ++i) {
         futures.push_back(h.queue_invoke(
@@ -110,7 +89,7 @@ TEST(LightweightFuture, ErrorsReachExactlyTheAffectedFutures) {
     HandlerOptions o;
     o.batch_size = 4;
     o.max_batch_delay = std::chrono::seconds(5);
-    auto raising = load_light("always_raise", o);
+    auto raising = load<Light>("always_raise", o);
     std::vector<Future<int>> batch;
     for (int i = 0; i < 4; ++i) batch.push_back(raising.queue_invoke(commit_value(i), cast_to<int>()));
     for (auto& f : batch) {
@@ -125,7 +104,7 @@ TEST(LightweightFuture, ErrorsReachExactlyTheAffectedFutures) {
 }
 
 TEST(LightweightFuture, CancelAndRefusalComplete) {
-    auto h = load_light("gated_identity", 1, 1);
+    auto h = load<Light>("gated_identity", 1, 1);
     Gate gate;
     std::vector<Future<int>> futures;
     for (int i = 0; i < 500; ++i) futures.push_back(h.queue_invoke(commit_value(i), cast_to<int>()));
@@ -143,7 +122,7 @@ TEST(LightweightFuture, CancelAndRefusalComplete) {
 TEST(LightweightFuture, TryQueueInvokeOnAFullBoundedQueue) {
     HandlerOptions o;
     o.queue_capacity = 2;
-    auto h = load_light("gated_identity", o);
+    auto h = load<Light>("gated_identity", o);
     Gate gate;
     std::vector<Future<int>> futures;
     futures.push_back(h.queue_invoke(commit_value(0), cast_to<int>()));
@@ -161,7 +140,7 @@ TEST(LightweightFuture, TryQueueInvokeOnAFullBoundedQueue) {
 TEST(LightweightFuture, DroppedFuturesAndDestructionDrain) {
     std::atomic<int> callbacks{0};
     {
-        auto h = load_light("double", 32, 2);
+        auto h = load<Light>("double", 32, 2);
         for (int i = 0; i < 20000; ++i) {
             (void)h.queue_invoke(commit_value(i), [&](py::object) { ++callbacks; });  // dropped at once
         }
@@ -170,8 +149,8 @@ TEST(LightweightFuture, DroppedFuturesAndDestructionDrain) {
 }
 
 TEST(LightweightFuture, CallbackWaitsForAnotherHandlersFuture) {
-    auto a = load_light("identity", 4);
-    auto b = load_light("double", 4);
+    auto a = load<Light>("identity", 4);
+    auto b = load<Light>("double", 4);
     auto f = a.queue_invoke(commit_value(21), [&](py::object o) {
         return wait_and_get(b.queue_invoke(commit_value(o.cast<int>()), cast_to<int>()));  // GIL let go
     });

@@ -13,22 +13,28 @@ namespace pyscheduler::test {
 
 namespace py = pybind11;
 
-/// The manager every test uses; its sys.path holds tests/python.
-inline PyManager& python() {
-    static PyManager manager = [] {
-        PyManager m;
+/// The manager every test uses (one per policy, all on the one interpreter); its
+/// sys.path holds tests/python.
+template <class Policy = DefaultPolicy>
+BasicPyManager<Policy>& python() {
+    static BasicPyManager<Policy> manager = [] {
+        BasicPyManager<Policy> m;
         m.add_path(PYSCHEDULER_TEST_PYTHON_DIR);
         return m;
     }();
     return manager;
 }
 
-inline InvokeHandler load(const std::string& function, std::size_t batch_size = 1, std::size_t prefetch_depth = 1) {
-    return python().loadPythonModule("pyscheduler_test_funcs", function, batch_size, prefetch_depth);
+/// A handler of pyscheduler_test_funcs.<function>.
+template <class Policy = DefaultPolicy>
+BasicInvokeHandler<Policy> load(const std::string& function, std::size_t batch_size = 1,
+                                std::size_t prefetch_depth = 1) {
+    return python<Policy>().loadPythonModule("pyscheduler_test_funcs", function, batch_size, prefetch_depth);
 }
 
-inline InvokeHandler load(const std::string& function, const HandlerOptions& options) {
-    return python().loadPythonModule("pyscheduler_test_funcs", function, options);
+template <class Policy = DefaultPolicy>
+BasicInvokeHandler<Policy> load(const std::string& function, const HandlerOptions& options) {
+    return python<Policy>().loadPythonModule("pyscheduler_test_funcs", function, options);
 }
 
 /// Callback that casts the result to T.
