@@ -202,22 +202,18 @@ void BM_QueueInvokeThroughput(benchmark::State& state) {
     state.counters["x_raw_pybind11"] = ns_per_item / raw_pybind11;
     state.counters["batch_ema"] = h.get_queue_stats().execute_batch_size_ema;
 }
-BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, DefaultPolicy)
-    ->ArgNames({"batch", "producers"})
-    ->ArgsProduct({{1, 8, 64, 256}, {1}})
-    ->Args({256, 2})
-    ->Args({256, 4})
-    ->Iterations(5)
-    ->UseManualTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)
-    ->ArgNames({"batch", "producers"})
-    ->ArgsProduct({{1, 8, 64, 256}, {1}})
-    ->Args({256, 2})
-    ->Args({256, 4})
-    ->Iterations(5)
-    ->UseManualTime()
-    ->Unit(benchmark::kMillisecond);
+/// Batch sizes 1 to 256 from one producer, and batch 256 from 2 and 4.
+void throughput_cases(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"batch", "producers"})
+        ->ArgsProduct({{1, 8, 64, 256}, {1}})
+        ->Args({256, 2})
+        ->Args({256, 4})
+        ->Iterations(5)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+}
+BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, DefaultPolicy)->Apply(throughput_cases);
+BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)->Apply(throughput_cases);
 
 // --- round trips -------------------------------------------------------------------
 
