@@ -110,13 +110,16 @@ TEST(BoundedQueue, TryQueueInvokeRefusesWhenFullAndKeepsTheArguments) {
     gate.wait_until_entered();  // item 0 is inside Python
     accepted.push_back(h.queue_invoke(commit_value(1), cast_to<int>()));
     while (h.get_queue_stats().execute_queue_size != 1) std::this_thread::yield();
-    // Item 1 fills the prefetch ring (batch 1 x depth 1): the commit thread now waits
-    // for room and takes nothing more from the queue, whose 4 slots fill up next.
+    // Item 1 fills the prefetch ring (batch 1 x depth 1). The commit thread may take
+    // item 2 from the queue, but it waits for room before committing it, and until then
+    // item 2 keeps its queue slot: the 4 slots hold items 2 to 5, all still uncommitted.
     for (int i = 2; i < 6; ++i) {
         auto f = h.try_queue_invoke(commit_value(i), cast_to<int>());
         ASSERT_TRUE(f.has_value()) << i;
         accepted.push_back(std::move(*f));
     }
+    EXPECT_EQ(h.get_queue_stats().commit_queue_size, 4u);
+    EXPECT_EQ(h.get_queue_stats().execute_queue_size, 1u);
     EXPECT_FALSE(h.try_queue_invoke(commit_value(6), cast_to<int>()).has_value());
     auto owned = std::make_unique<int>(7);
     auto f = h.try_queue_invoke([](std::unique_ptr<int> p) { return *p; }, cast_to<int>(), std::move(owned));

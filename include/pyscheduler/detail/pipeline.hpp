@@ -229,6 +229,12 @@ private:
 
     // --- commit thread -------------------------------------------------------
 
+    /// Waits for work first and for ring room second. An idle commit thread therefore
+    /// parks on the queue, never on `room_`: when the executor takes an item from the
+    /// ring, its room_.signal() finds no thread to wake, and the item's way into Python
+    /// costs no futex wake-up (on 2 cores that wake-up added about a third to a round
+    /// trip after an idle gap). Dequeued items count as waiting to be committed (stats,
+    /// bounded queue) until they have room in the ring.
     void commit_loop() {
         ThreadContext context(sub_.get());
         std::vector<TaskBase*> bulk(staged_capacity_);
@@ -236,8 +242,7 @@ private:
         std::uint64_t dequeued = 0;
         for (;;) {
             if (stopping && dequeued == enqueued_.load(std::memory_order_acquire)) break;
-            const auto room = static_cast<std::size_t>(room_.waitMany(static_cast<std::ptrdiff_t>(staged_capacity_)));
-            const std::size_t got = queue_.wait_dequeue_bulk(bulk.data(), room);
+            const std::size_t got = queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_);
             std::size_t n = 0;
             for (std::size_t i = 0; i < got; ++i) {
                 if (bulk[i] != nullptr) {
@@ -246,19 +251,21 @@ private:
                     stopping = true;
                 }
             }
-            if (n < room) room_.signal(static_cast<std::ptrdiff_t>(room - n));
-            if (n == 0) continue;
-            dequeued += n;
-            dequeued_.store(dequeued, std::memory_order_relaxed);
-            if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(n));  // after the count: stats stay <= capacity
-            // Commit and hand over one batch at a time, so the executor can start on
-            // the first batch while later ones are still being committed.
-            for (std::size_t first = 0; first < n; first += options_.batch_size) {
-                const std::size_t count = std::min(options_.batch_size, n - first);
-                commit_chunk(context, bulk.data() + first, count);
-                for (std::size_t i = 0; i < count; ++i) ring_.push(bulk[first + i]);
-                staged_.fetch_add(count, std::memory_order_relaxed);
-                ready_.signal(static_cast<std::ptrdiff_t>(count));
+            for (std::size_t placed = 0; placed < n;) {
+                const auto room = static_cast<std::size_t>(room_.waitMany(static_cast<std::ptrdiff_t>(n - placed)));
+                dequeued += room;
+                dequeued_.store(dequeued, std::memory_order_relaxed);
+                if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(room));  // after the count: stats stay <= capacity
+                // Commit and hand over one batch at a time, so the executor can start on
+                // the first batch while later ones are still being committed.
+                for (std::size_t first = placed; first < placed + room; first += options_.batch_size) {
+                    const std::size_t count = std::min(options_.batch_size, placed + room - first);
+                    commit_chunk(context, bulk.data() + first, count);
+                    for (std::size_t i = 0; i < count; ++i) ring_.push(bulk[first + i]);
+                    staged_.fetch_add(count, std::memory_order_relaxed);
+                    ready_.signal(static_cast<std::ptrdiff_t>(count));
+                }
+                placed += room;
             }
         }
         ring_.push(nullptr);
