@@ -41,13 +41,15 @@ TEST(Concurrency, FourProducersOneHandler) {
 
 // Producers that pause between items (busy waits of random length, up to about a
 // tenth of a millisecond, and now and then a sleep long enough for every stage to
-// park): the stages park and wake over and over, at every point of their spin, while
-// items from other producers keep arriving. Every item must still arrive, once and
-// in its own future, with and without a batch delay.
+// park): the stages park and wake over and over, at every point of their polling,
+// while items from other producers keep arriving. Every item must still arrive, once
+// and in its own future, with and without a batch delay, and however the policy
+// waits (polls only, yields only, parks at once).
+template <class Policy = DefaultPolicy>
 void idle_wake_stress(const HandlerOptions& options) {
     constexpr int kProducers = 3;
     constexpr int kItems = 1500;
-    auto h = load("double", options);
+    auto h = load<Policy>("double", options);
     std::atomic<long> wrong{0};
     std::vector<std::thread> producers;
     for (int p = 0; p < kProducers; ++p) {
@@ -94,6 +96,31 @@ TEST(Concurrency, StagesParkingAndWakingWithABatchDelay) {
     o.prefetch_depth = 2;
     o.max_batch_delay = std::chrono::microseconds(200);
     idle_wake_stress(o);
+}
+
+struct ParkAtOncePolicy : DefaultPolicy {
+    static constexpr int idle_spins = 0;
+    static constexpr int idle_yields = 0;
+};
+struct SpinOnlyPolicy : DefaultPolicy {
+    static constexpr int idle_spins = 5000;
+    static constexpr int idle_yields = 0;
+};
+
+TEST(Concurrency, StagesThatParkAtOnceLoseNothing) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 2;
+    o.queue_capacity = 16;  // producers wait on a full queue too
+    idle_wake_stress<ParkAtOncePolicy>(o);
+}
+
+TEST(Concurrency, StagesThatOnlySpinLoseNothing) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 2;
+    o.queue_capacity = 16;
+    idle_wake_stress<SpinOnlyPolicy>(o);
 }
 
 TEST(Concurrency, DozensOfHandlersAtOnce) {

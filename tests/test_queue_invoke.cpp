@@ -1,8 +1,10 @@
 // queue_invoke: values, batching, prefetch, commit flavours, and errors per item.
+#include <chrono>
 #include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "test_support.hpp"
@@ -136,6 +138,28 @@ TEST(QueueInvoke, PrefetchIsBoundedByBatchSizeTimesDepth) {
     // Committed but not yet delivered: at most batch*depth waiting plus one batch running.
     EXPECT_LE(max_in_flight.load(), static_cast<long>(kBatch * (kDepth + 1)));
     EXPECT_GE(max_in_flight.load(), 1);
+}
+
+/// A policy written out in full, not derived from DefaultPolicy, with only the members
+/// policies had before `future` and `idle_yields`: it still compiles and gets their
+/// defaults (std::future; DefaultPolicy's yields).
+struct HandWrittenPolicy {
+    using clock = std::chrono::steady_clock;
+    static constexpr bool collect_stats = false;
+    static constexpr double stats_ema_weight = 0.5;
+    static constexpr int idle_spins = 100;
+};
+static_assert(detail::idle_yields_of<HandWrittenPolicy>() == DefaultPolicy::idle_yields);
+static_assert(std::is_same_v<BasicInvokeHandler<HandWrittenPolicy>::future<int>, std::future<int>>);
+
+TEST(QueueInvoke, AHandWrittenPolicyWithOnlyTheOlderMembersWorks) {
+    auto h = load<HandWrittenPolicy>("double", 8, 2);
+    std::vector<std::future<int>> futures;
+    for (int i = 0; i < 2000; ++i) futures.push_back(h.queue_invoke(commit_value(i), cast_to<int>()));
+    for (int i = 0; i < 2000; ++i) EXPECT_EQ(futures[i].get(), 2 * i);
+    const auto s = h.get_queue_stats();
+    EXPECT_EQ(s.completed, 2000u);
+    EXPECT_EQ(s.execute_ns_per_batch_ema, 0.0);  // collect_stats = false: batches are not timed
 }
 
 TEST(QueueInvoke, StatsCountEveryItem) {

@@ -219,13 +219,14 @@ BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)->Apply(thr
 
 /// Raw limit of a round trip: a batch-1 item hops caller -> commit thread -> executor
 /// -> caller, so it can be no faster than three threads waking one another in a
-/// chain. The two relay threads wait on the pipeline's own semaphore (same idle
-/// spinning); the caller parks at once, as a future's waiter does.
+/// chain. The two relay threads wait as the pipeline's stages do (the same semaphore,
+/// polled and yielded on by detail::idle_wait before it parks); the caller parks at
+/// once, as a future's waiter does.
 class WakeChain {
 public:
     WakeChain()
-        : commit_(0, DefaultPolicy::idle_spins),
-          executor_(0, DefaultPolicy::idle_spins),
+        : commit_(0, 0),
+          executor_(0, 0),
           back_(0, 0),
           commit_thread_([this] { relay(commit_, executor_); }),
           executor_thread_([this] { relay(executor_, back_); }) {}
@@ -248,7 +249,11 @@ private:
     using Semaphore = moodycamel::LightweightSemaphore;
     void relay(Semaphore& in, Semaphore& out) {
         for (;;) {
-            in.wait();
+            pyscheduler::detail::idle_wait<DefaultPolicy>([&] { return in.tryWait(); },
+                                                          [&] {
+                                                              in.wait();
+                                                              return true;
+                                                          });
             if (stop_.load()) return;
             out.signal();
         }

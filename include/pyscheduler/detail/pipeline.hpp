@@ -7,8 +7,9 @@
 // lock-free queue plus a semaphore that counts its items). The prefetch ring is a
 // single-producer single-consumer array whose hand-offs are ordered by two
 // semaphores: `room_` (free slots, released by the executor, acquired by the commit
-// thread) and `ready_` (committed items, the other way round). Both semaphores spin
-// briefly and then park in the kernel, so an idle handler costs no CPU.
+// thread) and `ready_` (committed items, the other way round). Every wait polls
+// briefly, yielding the core between polls, and then parks in the kernel (idle_wait),
+// so an idle handler costs no CPU.
 //
 // Shutdown: a null sentinel goes into the MPMC queue. The commit thread keeps
 // dequeuing until it has taken every item enqueued before it (producers from other
@@ -37,13 +38,39 @@
 #include "pyscheduler/detail/task.hpp"
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/options.hpp"
+#include "pyscheduler/policy.hpp"
 #include "pyscheduler/stats.hpp"
 
 namespace pyscheduler::detail {
 
+/// Policy::idle_yields, or DefaultPolicy's for a policy written before it existed.
 template <class Policy>
+constexpr int idle_yields_of() {
+    if constexpr (requires { Policy::idle_yields; }) {
+        return Policy::idle_yields;
+    } else {
+        return DefaultPolicy::idle_yields;
+    }
+}
+
+/// How every stage waits (see DefaultPolicy::idle_spins and idle_yields): `attempt`
+/// (non-blocking; returns what it took, 0 for nothing) is polled idle_spins times,
+/// then once after each of idle_yields std::this_thread::yield() calls; when it still
+/// finds nothing, `park` blocks in the kernel. The semaphores themselves are made with
+/// no spinning of their own, so a park is immediate.
+template <class Policy, class Attempt, class Park>
+auto idle_wait(Attempt attempt, Park park) {
+    auto got = attempt();
+    for (int i = 0; !got && i < Policy::idle_spins; ++i) got = attempt();
+    for (int i = 0; !got && i < idle_yields_of<Policy>(); ++i) {
+        std::this_thread::yield();
+        got = attempt();
+    }
+    return got ? got : park();
+}
+
 struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
-    static const int MAX_SEMA_SPINS = Policy::idle_spins;
+    static const int MAX_SEMA_SPINS = 0;  // idle_wait polls before the queue parks
 };
 
 /// Bounded single-producer single-consumer ring. Not synchronised by itself: the
@@ -83,12 +110,12 @@ public:
           options_(options),
           staged_capacity_(options.batch_size * options.prefetch_depth),
           ring_(staged_capacity_ + 1),  // + 1: the shutdown sentinel never waits for room
-          room_(static_cast<std::ptrdiff_t>(staged_capacity_), Policy::idle_spins),
-          ready_(0, Policy::idle_spins),
+          room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
+          ready_(0, 0),
           process_(process) {
         if (options.queue_capacity > 0) {
             free_slots_ = std::make_unique<moodycamel::LightweightSemaphore>(
-                static_cast<std::ptrdiff_t>(options.queue_capacity), Policy::idle_spins);
+                static_cast<std::ptrdiff_t>(options.queue_capacity), 0);
         }
         process_.live_handlers.fetch_add(1, std::memory_order_acq_rel);
         try {
@@ -130,8 +157,11 @@ public:
         if (!free_slots_ || free_slots_->tryWait()) return true;
         if (!wait) return false;
         GilRelease unlocked;
-        free_slots_->wait();
-        return true;
+        return idle_wait<Policy>([&] { return free_slots_->tryWait(); },
+                                 [&] {
+                                     free_slots_->wait();
+                                     return true;
+                                 });
     }
 
     /// Gives back a slot taken by reserve_slot() for an item that was not queued.
@@ -242,7 +272,9 @@ private:
         std::uint64_t dequeued = 0;
         for (;;) {
             if (stopping && dequeued == enqueued_.load(std::memory_order_acquire)) break;
-            const std::size_t got = queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_);
+            const std::size_t got =
+                idle_wait<Policy>([&] { return queue_.try_dequeue_bulk(bulk.data(), staged_capacity_); },
+                                  [&] { return queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_); });
             std::size_t n = 0;
             for (std::size_t i = 0; i < got; ++i) {
                 if (bulk[i] != nullptr) {
@@ -252,7 +284,9 @@ private:
                 }
             }
             for (std::size_t placed = 0; placed < n;) {
-                const auto room = static_cast<std::size_t>(room_.waitMany(static_cast<std::ptrdiff_t>(n - placed)));
+                const auto want = static_cast<std::ptrdiff_t>(n - placed);
+                const auto room = static_cast<std::size_t>(
+                    idle_wait<Policy>([&] { return room_.tryWaitMany(want); }, [&] { return room_.waitMany(want); }));
                 dequeued += room;
                 dequeued_.store(dequeued, std::memory_order_relaxed);
                 if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(room));  // after the count: stats stay <= capacity
@@ -313,7 +347,8 @@ private:
                     }
                 }
             };
-            take(ready_.waitMany(batch_size));
+            take(idle_wait<Policy>([&] { return ready_.tryWaitMany(batch_size); },
+                                   [&] { return ready_.waitMany(batch_size); }));
             if (delay.count() > 0) {
                 const auto deadline = clock::now() + delay;
                 while (!stop && m < options_.batch_size) {
@@ -472,7 +507,7 @@ private:
     const HandlerOptions options_;
     const std::size_t staged_capacity_;  // batch_size * prefetch_depth
 
-    moodycamel::BlockingConcurrentQueue<TaskBase*, QueueTraits<Policy>> queue_;
+    moodycamel::BlockingConcurrentQueue<TaskBase*, QueueTraits> queue_;
     std::unique_ptr<moodycamel::LightweightSemaphore> free_slots_;  // bounded queues only
     PrefetchRing ring_;
     moodycamel::LightweightSemaphore room_;   // free ring slots
