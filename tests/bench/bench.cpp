@@ -220,8 +220,7 @@ BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)->Apply(thr
 /// Raw limit of a round trip: a batch-1 item hops caller -> commit thread -> executor
 /// -> caller, so it can be no faster than three threads waking one another in a
 /// chain. The two relay threads wait as the pipeline's stages do (the same semaphore,
-/// polled and yielded on by detail::idle_wait before it parks); the caller parks at
-/// once, as a future's waiter does.
+/// through detail::idle_wait_many); the caller parks at once, as a future's waiter does.
 class WakeChain {
 public:
     WakeChain()
@@ -249,11 +248,7 @@ private:
     using Semaphore = moodycamel::LightweightSemaphore;
     void relay(Semaphore& in, Semaphore& out) {
         for (;;) {
-            pyscheduler::detail::idle_wait<DefaultPolicy>([&] { return in.tryWait(); },
-                                                          [&] {
-                                                              in.wait();
-                                                              return true;
-                                                          });
+            pyscheduler::detail::idle_wait_many<DefaultPolicy>(in, 1);
             if (stop_.load()) return;
             out.signal();
         }

@@ -69,6 +69,12 @@ auto idle_wait(Attempt attempt, Park park) {
     return got ? got : park();
 }
 
+/// idle_wait on a semaphore: takes between 1 and `max` of its count.
+template <class Policy>
+std::ptrdiff_t idle_wait_many(moodycamel::LightweightSemaphore& semaphore, std::ptrdiff_t max) {
+    return idle_wait<Policy>([&] { return semaphore.tryWaitMany(max); }, [&] { return semaphore.waitMany(max); });
+}
+
 struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
     static const int MAX_SEMA_SPINS = 0;  // idle_wait polls before the queue parks
 };
@@ -157,11 +163,8 @@ public:
         if (!free_slots_ || free_slots_->tryWait()) return true;
         if (!wait) return false;
         GilRelease unlocked;
-        return idle_wait<Policy>([&] { return free_slots_->tryWait(); },
-                                 [&] {
-                                     free_slots_->wait();
-                                     return true;
-                                 });
+        idle_wait_many<Policy>(*free_slots_, 1);
+        return true;
     }
 
     /// Gives back a slot taken by reserve_slot() for an item that was not queued.
@@ -284,9 +287,8 @@ private:
                 }
             }
             for (std::size_t placed = 0; placed < n;) {
-                const auto want = static_cast<std::ptrdiff_t>(n - placed);
-                const auto room = static_cast<std::size_t>(
-                    idle_wait<Policy>([&] { return room_.tryWaitMany(want); }, [&] { return room_.waitMany(want); }));
+                const auto room =
+                    static_cast<std::size_t>(idle_wait_many<Policy>(room_, static_cast<std::ptrdiff_t>(n - placed)));
                 dequeued += room;
                 dequeued_.store(dequeued, std::memory_order_relaxed);
                 if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(room));  // after the count: stats stay <= capacity
@@ -347,8 +349,7 @@ private:
                     }
                 }
             };
-            take(idle_wait<Policy>([&] { return ready_.tryWaitMany(batch_size); },
-                                   [&] { return ready_.waitMany(batch_size); }));
+            take(idle_wait_many<Policy>(ready_, batch_size));
             if (delay.count() > 0) {
                 const auto deadline = clock::now() + delay;
                 while (!stop && m < options_.batch_size) {
