@@ -107,6 +107,23 @@ struct SpinOnlyPolicy : DefaultPolicy {
     static constexpr int idle_yields = 0;
 };
 
+TEST(Concurrency, APoolOfWorkersParkingAndWakingLosesNothing) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 2;
+    o.workers = 3;  // the executors also race one another for the ring
+    idle_wake_stress(o);
+}
+
+TEST(Concurrency, APoolOfWorkersWithABatchDelayLosesNothing) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 3;
+    o.workers = 2;
+    o.max_batch_delay = std::chrono::microseconds(200);
+    idle_wake_stress<ParkAtOncePolicy>(o);
+}
+
 TEST(Concurrency, StagesThatParkAtOnceLoseNothing) {
     HandlerOptions o;
     o.batch_size = 4;

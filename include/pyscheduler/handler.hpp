@@ -2,7 +2,8 @@
 // synchronously (invoke) or through the batching pipeline (queue_invoke).
 //
 // Obtain one from PyManager::loadPythonModule. Each handler owns a lock-free queue,
-// a commit thread and a GIL-holding executor thread (see detail/pipeline.hpp).
+// a commit thread and a worker set of GIL-holding executor threads (one by default,
+// HandlerOptions::workers; see detail/pipeline.hpp).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -74,20 +75,26 @@ public:
     template <class R>
     using future = typename detail::FutureOf<Policy, R>::type;
 
+    /// The seed implementation's name for get_queue_stats()'s result.
+    using QueueStats = pyscheduler::QueueStats;
+
     BasicInvokeHandler(BasicInvokeHandler&&) noexcept = default;
     BasicInvokeHandler& operator=(BasicInvokeHandler&&) noexcept = default;  // drains the old pipeline
     ~BasicInvokeHandler() = default;
 
     /// Calls the function on the calling thread with `args` converted by pybind11,
-    /// and casts the result to R (R = void discards it). Takes the GIL for the call.
-    /// Throws PythonError if Python raises, pybind11::cast_error if the result does
-    /// not convert to R.
+    /// and casts the result to R (R = void discards it). Takes the GIL for the call:
+    /// the main one, or with own-GIL workers the GIL of one worker's interpreter, each
+    /// worker's in turn (round robin over calls; it waits while that worker runs a
+    /// batch). Throws PythonError if Python raises, pybind11::cast_error if the result
+    /// does not convert to R.
     template <class R, class... Args>
     R invoke(Args&&... args) const {
         auto& p = pipeline();
-        auto gil = p.hold();
+        const auto& interpreter = p.interpreter_for_invoke();
+        auto gil = interpreter.hold();
         try {
-            pybind11::object result = p.function()(std::forward<Args>(args)...);
+            pybind11::object result = interpreter.function()(std::forward<Args>(args)...);
             if constexpr (!std::is_void_v<R>) return result.template cast<R>();
         } catch (const pybind11::error_already_set& e) {
             throw detail::to_python_error(e, p.name());
@@ -100,9 +107,11 @@ public:
         requires std::invocable<Callback&&, pybind11::object>
     auto invoke(Callback&& callback, Args&&... args) const {
         auto& p = pipeline();
-        auto gil = p.hold();
+        const auto& interpreter = p.interpreter_for_invoke();
+        auto gil = interpreter.hold();
         try {
-            return std::invoke(std::forward<Callback>(callback), p.function()(std::forward<Args>(args)...));
+            return std::invoke(std::forward<Callback>(callback),
+                               interpreter.function()(std::forward<Args>(args)...));
         } catch (const pybind11::error_already_set& e) {
             throw detail::to_python_error(e, p.name());
         }
@@ -122,13 +131,16 @@ public:
     ///
     /// Errors go to the futures: a commit or callback that throws fails its own item;
     /// a Python exception fails the batch's items with PythonError; a result of the
-    /// wrong shape fails them with ResultError.
+    /// wrong shape fails them with ResultError. With several own-GIL workers a commit
+    /// function must return a C++ value (std::invalid_argument otherwise: the object
+    /// would be made in one interpreter and used in another).
     template <class Commit, class Callback, class... Args,
               class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
         requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
                  std::invocable<std::decay_t<Callback>&&, pybind11::object>
     future<R> queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
         auto& p = pipeline();
+        check_commit<std::decay_t<Commit>, std::decay_t<Args>...>(p);
         p.reserve_slot(/*wait=*/true);
         return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
                           std::forward<Args>(args)...);
@@ -142,6 +154,7 @@ public:
                  std::invocable<std::decay_t<Callback>&&, pybind11::object>
     std::optional<future<R>> try_queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
         auto& p = pipeline();
+        check_commit<std::decay_t<Commit>, std::decay_t<Args>...>(p);
         if (!p.reserve_slot(/*wait=*/false)) return std::nullopt;
         return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
                           std::forward<Args>(args)...);
@@ -174,6 +187,21 @@ private:
 
     explicit BasicInvokeHandler(std::unique_ptr<Pipeline> p) noexcept : pipeline_(std::move(p)) {}
 
+    /// Refuses a commit function that returns a Python object where the handler has
+    /// several own-GIL workers (see queue_invoke).
+    template <class Commit, class... Args>
+    static void check_commit(const Pipeline& p) {
+        if constexpr (detail::is_python_object_v<std::invoke_result_t<Commit&&, Args&&...>>) {
+            if (p.refuses_python_commits()) {
+                throw std::invalid_argument(
+                    "pyscheduler: " + p.name() + " has " + std::to_string(p.options().workers) +
+                    " own-GIL workers, each in its own interpreter: its commit functions must return C++ values, "
+                    "not Python objects (return the C++ value and let the pipeline convert it, or build the "
+                    "object in the Python function)");
+            }
+        }
+    }
+
     /// Builds the item (its queue slot already reserved) and queues it.
     template <class R, class Commit, class Callback, class... Args>
     future<R> enqueue(Pipeline& p, Commit&& commit, Callback&& callback, Args&&... args) {
@@ -197,7 +225,7 @@ private:
         if (!queued) {  // completes here, so that nothing is lost; closures die under the GIL
             p.unreserve_slot();
             {
-                auto gil = p.hold();
+                auto gil = p.first_interpreter().hold();
                 item.first->fail(error ? error : p.refused());
                 item.first->drop_closures();
             }

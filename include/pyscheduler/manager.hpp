@@ -56,15 +56,26 @@ public:
     /// As above, with every option. Throws std::invalid_argument when the options are
     /// invalid, or when the module cannot be imported, has no such attribute, or the
     /// attribute is not callable (the message names the module, the function and the
-    /// Python error).
+    /// Python error). OwnGil with N workers imports the module N times, once in each
+    /// worker's sub-interpreter.
     InvokeHandler loadPythonModule(const std::string& module, const std::string& function,
                                    const HandlerOptions& options) const {
         validate(options);
         const std::string name = module + "." + function;
-        if (options.interpreter == InterpreterKind::OwnGil) return load_own_gil(module, function, name, options);
-        detail::GilHold gil;
-        pybind11::object fn = import_function(module, function, name);
-        return InvokeHandler(std::make_unique<detail::Pipeline<Policy>>(std::move(fn), name, options, *process_));
+        std::vector<detail::WorkerInterpreter> interpreters;
+        interpreters.reserve(options.workers);
+        if (options.interpreter == InterpreterKind::OwnGil) {
+            const std::vector<std::string> path = main_sys_path();
+            for (std::size_t i = 0; i < options.workers; ++i) {
+                interpreters.push_back(load_own_gil(module, function, name, path));
+            }
+        } else {
+            detail::GilHold gil;
+            pybind11::object fn = import_function(module, function, name);
+            for (std::size_t i = 0; i < options.workers; ++i) interpreters.emplace_back(nullptr, fn);
+        }
+        return InvokeHandler(
+            std::make_unique<detail::Pipeline<Policy>>(std::move(interpreters), name, options, *process_));
     }
 
 private:
@@ -86,18 +97,21 @@ private:
         return fn;
     }
 
-    /// InterpreterKind::OwnGil: a new sub-interpreter whose sys.path is the main
-    /// interpreter's, the module imported there.
-    InvokeHandler load_own_gil(const std::string& module, const std::string& function, const std::string& name,
-                               const HandlerOptions& options) const {
-#ifdef PYSCHEDULER_HAS_OWN_GIL
+    /// The main interpreter's sys.path, for the sub-interpreters of OwnGil workers.
+    static std::vector<std::string> main_sys_path() {
         std::vector<std::string> path;
-        {
-            detail::GilHold gil;
-            for (pybind11::handle entry : pybind11::module_::import("sys").attr("path")) {
-                path.push_back(pybind11::str(entry).cast<std::string>());
-            }
+        detail::GilHold gil;
+        for (pybind11::handle entry : pybind11::module_::import("sys").attr("path")) {
+            path.push_back(pybind11::str(entry).cast<std::string>());
         }
+        return path;
+    }
+
+    /// One OwnGil worker's interpreter: a new sub-interpreter whose sys.path is
+    /// `path` (the main interpreter's), the module imported there.
+    static detail::WorkerInterpreter load_own_gil(const std::string& module, const std::string& function,
+                                                  const std::string& name, const std::vector<std::string>& path) {
+#ifdef PYSCHEDULER_HAS_OWN_GIL
         std::unique_ptr<detail::SubInterpreter> sub;
         try {
             sub = detail::create_own_gil_interpreter();
@@ -118,20 +132,11 @@ private:
                                             " (in a sub-interpreter with its own GIL: InterpreterKind::OwnGil)");
             }
         }
-        try {
-            return InvokeHandler(std::make_unique<detail::Pipeline<Policy>>(std::move(fn), name, options, *process_,
-                                                                             std::move(sub)));
-        } catch (...) {
-            if (fn) {  // not handed over: drop it in its interpreter
-                detail::InterpreterHold gil(sub.get(), nullptr);
-                fn = pybind11::object();
-            }
-            throw;
-        }
+        return detail::WorkerInterpreter(std::move(sub), std::move(fn));
 #else
         (void)module;
         (void)function;
-        (void)options;
+        (void)path;
         throw std::invalid_argument("pyscheduler: cannot load " + name +
                                     ": InterpreterKind::OwnGil needs CPython 3.12 or newer (this program embeds "
                                     "CPython " PY_VERSION ")");
@@ -153,6 +158,8 @@ private:
         if (o.queue_capacity > static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max())) {
             throw std::invalid_argument("pyscheduler: HandlerOptions::queue_capacity is too large");
         }
+        if (o.workers == 0) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must be at least 1");
+        if (o.workers > 1024) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must not exceed 1024");
     }
 
     detail::ProcessState* process_;

@@ -40,6 +40,15 @@ struct HandlerOptions {
     /// cross interpreters: commit results and callback arguments are objects of the
     /// handler's interpreter.
     InterpreterKind interpreter = InterpreterKind::Main;
+
+    /// Executors serving this handler (>= 1, at most 1024). Committed batches go to
+    /// whichever worker is free, so one slow batch never holds up items another worker
+    /// could run; futures therefore complete in no particular order across workers.
+    /// Main: N executor threads on the main interpreter; they share its GIL and overlap
+    /// only while the function releases it (numpy/BLAS, I/O, time.sleep, torch).
+    /// OwnGil: N sub-interpreters, each with its own GIL, its own import of the module
+    /// and its own module globals; pure Python runs truly in parallel.
+    std::size_t workers = 1;
 };
 
 /// What `InvokeHandler::shutdown` does with work that has not run yet.

@@ -3,8 +3,17 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace pyscheduler {
+
+/// One worker of a handler (see HandlerOptions::workers).
+struct WorkerStats {
+    std::uint64_t batches = 0;  ///< Python calls it has made
+    std::uint64_t items = 0;    ///< items it has finished (values and errors)
+    std::uint64_t busy_ns = 0;  ///< wall time inside its batches (GIL wait, Python call, callbacks,
+                                ///< fulfilling futures); stays 0 when the policy disables statistics
+};
 
 /// Returned by `InvokeHandler::get_queue_stats()`. Counters are read without
 /// stopping the pipeline, so the sizes are approximate while work is in flight.
@@ -20,6 +29,7 @@ struct QueueStats {
     double execute_batch_size_ema = 0;   ///< items per Python call
     double commit_ns_per_batch_ema = 0;  ///< wall time of one commit bulk
     double execute_ns_per_batch_ema = 0; ///< wall time of one batch, GIL hold included
+    std::vector<WorkerStats> workers;    ///< one entry per worker, in worker order
 };
 
 }  // namespace pyscheduler

@@ -40,3 +40,24 @@ def fail(items):
 def spin(items):
     """CPU-bound pure Python: sum of squares below n, per item."""
     return [sum(i * i for i in range(n)) for n in items]
+
+
+def bump_here(items):
+    """Per item: [this interpreter's id, how many items this interpreter's copy of the
+    module has seen so far]."""
+    ident = interpreter_id()
+    return [[ident, seen] for seen in bump(items)]
+
+
+def read_or_echo(items):
+    """Per item: a number >= 0 is the read end of a pipe; blocks (GIL released) until a
+    byte arrives there and returns it. A negative number comes back as it is."""
+    import os
+
+    return [os.read(x, 1)[0] if x >= 0 else x for x in items]
+
+
+def fail_if_negative(items):
+    if any(x < 0 for x in items):
+        raise ValueError(f"negative item in {items!r}")
+    return items

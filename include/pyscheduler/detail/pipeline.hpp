@@ -1,20 +1,26 @@
 // pyscheduler/detail/pipeline.hpp - the threads behind one InvokeHandler.
 //
 //   producers --queue_invoke--> [MPMC queue] --> commit thread --> [prefetch ring]
-//             --> executor thread (GIL only while it has a batch) --> promises
+//             --> worker set: N executor threads (GIL only while they have a batch)
+//             --> promises
 //
 // Synchronisation: the MPMC queue is moodycamel's BlockingConcurrentQueue (a
-// lock-free queue plus a semaphore that counts its items). The prefetch ring is a
-// single-producer single-consumer array whose hand-offs are ordered by two
-// semaphores: `room_` (free slots, released by the executor, acquired by the commit
-// thread) and `ready_` (committed items, the other way round). Every wait polls
-// briefly, yielding the core between polls, and then parks in the kernel (idle_wait),
-// so an idle handler costs no CPU.
+// lock-free queue plus a semaphore that counts its items). The prefetch ring is an
+// array with one producer (the commit thread) whose hand-offs are ordered by two
+// semaphores: `room_` (free slots, released by the executors, acquired by the commit
+// thread) and `ready_` (committed items, the other way round). An executor first
+// takes a count from `ready_`, then pops that many items; with several workers the
+// pops happen under `take_mutex_`, so slots are read in ring order and a slot is
+// given back (room_) only after every slot before it was read. Every wait polls
+// briefly, yielding the core between polls, and then parks in the kernel
+// (idle_wait), so an idle handler costs no CPU.
 //
 // Shutdown: a null sentinel goes into the MPMC queue. The commit thread keeps
 // dequeuing until it has taken every item enqueued before it (producers from other
-// threads may sit behind the sentinel), then pushes the sentinel into the ring; the
-// executor finishes everything ahead of it and exits. Every item therefore completes.
+// threads may sit behind the sentinel), then pushes the sentinel into the ring. An
+// executor that reaches it leaves it in place and gives its count back to `ready_`,
+// so every worker finds it after everything ahead of it. Every item therefore
+// completes.
 #pragma once
 
 #include <concurrentqueue/blockingconcurrentqueue.h>
@@ -79,8 +85,9 @@ struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
     static const int MAX_SEMA_SPINS = 0;  // idle_wait polls before the queue parks
 };
 
-/// Bounded single-producer single-consumer ring. Not synchronised by itself: the
-/// pipeline's semaphores order every push before the pop that reads it.
+/// Bounded ring with one producer. Not synchronised by itself: the pipeline's
+/// semaphores order every push before the pop that reads it, and its take mutex
+/// orders the pops of several executors.
 class PrefetchRing {
 public:
     explicit PrefetchRing(std::size_t slots) : slots_(slots) {}
@@ -88,15 +95,17 @@ public:
         slots_[tail_] = t;
         tail_ = tail_ + 1 == slots_.size() ? 0 : tail_ + 1;
     }
+    /// The next item, taken out of the ring; the null sentinel is left in place, so
+    /// that every executor finds it.
     TaskBase* pop() noexcept {
         TaskBase* t = slots_[head_];
-        head_ = head_ + 1 == slots_.size() ? 0 : head_ + 1;
+        if (t != nullptr) head_ = head_ + 1 == slots_.size() ? 0 : head_ + 1;
         return t;
     }
 
 private:
     std::vector<TaskBase*> slots_;
-    std::size_t head_ = 0;  // executor only
+    std::size_t head_ = 0;  // executors only
     std::size_t tail_ = 0;  // commit thread only
 };
 
@@ -105,20 +114,20 @@ class PYSCHEDULER_HIDDEN Pipeline {
 public:
     using clock = typename Policy::clock;
 
-    /// Starts the threads. `fn` lives in `sub` (a sub-interpreter with its own GIL),
-    /// or in the main interpreter when `sub` is null; the pipeline ends `sub` when it
-    /// is destroyed. The caller may hold the main GIL, not a sub-interpreter's.
-    Pipeline(py::object fn, std::string name, const HandlerOptions& options, ProcessState& process,
-             std::unique_ptr<SubInterpreter> sub = nullptr)
-        : sub_(std::move(sub)),
-          fn_(std::move(fn)),
-          name_(std::move(name)),
+    /// Starts the threads: one executor per entry of `interpreters` (one worker each),
+    /// and the commit thread, which runs in the first worker's interpreter. The
+    /// pipeline ends the workers' sub-interpreters when it is destroyed. The caller
+    /// may hold the main GIL, not a sub-interpreter's.
+    Pipeline(std::vector<WorkerInterpreter> interpreters, std::string name, const HandlerOptions& options,
+             ProcessState& process)
+        : name_(std::move(name)),
           options_(options),
           staged_capacity_(options.batch_size * options.prefetch_depth),
           ring_(staged_capacity_ + 1),  // + 1: the shutdown sentinel never waits for room
           room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
           ready_(0, 0),
           process_(process) {
+        for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
         if (options.queue_capacity > 0) {
             free_slots_ = std::make_unique<moodycamel::LightweightSemaphore>(
                 static_cast<std::ptrdiff_t>(options.queue_capacity), 0);
@@ -126,16 +135,12 @@ public:
         process_.live_handlers.fetch_add(1, std::memory_order_acq_rel);
         try {
             commit_thread_ = std::thread([this] { commit_loop(); });
-            executor_thread_ = std::thread([this] { executor_loop(); });
+            for (auto& w : workers_) w->thread = std::thread([this, &worker = *w] { executor_loop(worker); });
         } catch (...) {
             stopped_.store(true);
             stop_and_join();
             process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
-            {
-                InterpreterHold gil(sub_.get(), nullptr);
-                fn_ = py::object();
-            }
-            throw;
+            throw;  // the workers' interpreters end with the members
         }
     }
 
@@ -143,17 +148,26 @@ public:
     Pipeline& operator=(const Pipeline&) = delete;
 
     /// Drains (unless shut down already): returns once every queued item has completed.
-    ~Pipeline() {
-        shutdown(ShutdownMode::Drain);
-        {
-            InterpreterHold gil(sub_.get(), nullptr);
-            fn_ = py::object();
-        }
-        sub_.reset();  // ends the sub-interpreter, if any: no thread state of ours is left in it
+    /// Then the workers' interpreters end (no thread state of ours is left in them).
+    ~Pipeline() { shutdown(ShutdownMode::Drain); }
+
+    /// The interpreter of the commit thread (the first worker's): where items that
+    /// were never queued drop their closures.
+    const WorkerInterpreter& first_interpreter() const noexcept { return workers_.front()->interpreter; }
+
+    /// The interpreter a synchronous invoke runs in: the main one for Main workers;
+    /// for own-GIL workers, each worker's in turn (round robin over calls).
+    const WorkerInterpreter& interpreter_for_invoke() noexcept {
+        if (workers_.size() == 1 || workers_.front()->interpreter.sub() == nullptr) return first_interpreter();
+        return workers_[next_invoke_.fetch_add(1, std::memory_order_relaxed) % workers_.size()]->interpreter;
     }
 
-    /// Holds the GIL of the function's interpreter for a scope (any thread).
-    InterpreterHold hold() const { return InterpreterHold(sub_.get(), nullptr); }
+    /// Whether commit functions returning Python objects are refused: with several
+    /// own-GIL workers, an object made on the commit thread (in the first worker's
+    /// interpreter) could be run by another worker, in another interpreter.
+    bool refuses_python_commits() const noexcept {
+        return workers_.size() > 1 && workers_.front()->interpreter.sub() != nullptr;
+    }
 
     /// Bounded queues: takes one of the queue's free slots, waiting for one (with the
     /// GIL released, if the caller held it) when `wait`; false when full and not
@@ -197,8 +211,7 @@ public:
     /// finishes. Returns when both threads have exited. Not from the handler's own
     /// threads (its commit functions or callbacks): they cannot wait for themselves.
     void shutdown(ShutdownMode mode) {
-        const auto self = std::this_thread::get_id();
-        if (self == commit_thread_.get_id() || self == executor_thread_.get_id()) {
+        if (is_own_thread()) {
             throw std::logic_error("pyscheduler: " + name_ +
                                    " shut down or destroyed from its own commit function or callback");
         }
@@ -220,11 +233,10 @@ public:
         return std::make_exception_ptr(Cancelled(name_ + ": the handler was shut down before this item was queued"));
     }
 
-    const py::object& function() const noexcept { return fn_; }
     const std::string& name() const noexcept { return name_; }
     const HandlerOptions& options() const noexcept { return options_; }
 
-    QueueStats stats() const noexcept {
+    QueueStats stats() const {
         QueueStats s;
         const auto enq = enqueued_.load(std::memory_order_relaxed);
         const auto deq = dequeued_.load(std::memory_order_relaxed);
@@ -239,25 +251,43 @@ public:
         s.execute_batch_size_ema = execute_batch_ema_.load(std::memory_order_relaxed);
         s.commit_ns_per_batch_ema = commit_ns_ema_.load(std::memory_order_relaxed);
         s.execute_ns_per_batch_ema = execute_ns_ema_.load(std::memory_order_relaxed);
+        s.workers.reserve(workers_.size());
+        for (const auto& w : workers_) {
+            s.workers.push_back({w->batches.load(std::memory_order_relaxed), w->items.load(std::memory_order_relaxed),
+                                 w->busy_ns.load(std::memory_order_relaxed)});
+        }
         return s;
     }
 
 private:
+    /// One executor of the worker set, with the interpreter it runs in.
+    struct Worker {
+        explicit Worker(WorkerInterpreter i) noexcept : interpreter(std::move(i)) {}
+        WorkerInterpreter interpreter;
+        std::thread thread;
+        alignas(64) std::atomic<std::uint64_t> batches{0};  // written by its thread only
+        std::atomic<std::uint64_t> items{0};
+        std::atomic<std::uint64_t> busy_ns{0};
+    };
+
+    bool is_own_thread() const noexcept {
+        const auto self = std::this_thread::get_id();
+        if (self == commit_thread_.get_id()) return true;
+        for (const auto& w : workers_) {
+            if (self == w->thread.get_id()) return true;
+        }
+        return false;
+    }
+
     void stop_and_join() {
         queue_.enqueue(nullptr);  // the sentinel; not counted in enqueued_
         GilRelease unlocked;      // the threads need the GIL to finish
         if (commit_thread_.joinable()) commit_thread_.join();
-        if (executor_thread_.joinable()) {
-            executor_thread_.join();
-        } else {
-            drain_without_executor();
+        // When no executor could be started, nothing was queued yet, and the sentinel
+        // the commit thread pushed simply stays in the ring.
+        for (auto& w : workers_) {
+            if (w->thread.joinable()) w->thread.join();
         }
-    }
-
-    /// Only when the executor thread could not be started: nothing was queued yet,
-    /// but the commit thread has pushed its sentinel; consume it.
-    void drain_without_executor() {
-        while (ready_.tryWait()) ring_.pop();
     }
 
     // --- commit thread -------------------------------------------------------
@@ -269,7 +299,8 @@ private:
     /// trip after an idle gap). Dequeued items count as waiting to be committed (stats,
     /// bounded queue) until they have room in the ring.
     void commit_loop() {
-        ThreadContext context(sub_.get());
+        SubInterpreter* const sub = first_interpreter().sub();
+        ThreadContext context(sub);
         std::vector<TaskBase*> bulk(staged_capacity_);
         bool stopping = false;
         std::uint64_t dequeued = 0;
@@ -296,7 +327,7 @@ private:
                 // the first batch while later ones are still being committed.
                 for (std::size_t first = placed; first < placed + room; first += options_.batch_size) {
                     const std::size_t count = std::min(options_.batch_size, placed + room - first);
-                    commit_chunk(context, bulk.data() + first, count);
+                    commit_chunk(sub, context, bulk.data() + first, count);
                     for (std::size_t i = 0; i < count; ++i) ring_.push(bulk[first + i]);
                     staged_.fetch_add(count, std::memory_order_relaxed);
                     ready_.signal(static_cast<std::ptrdiff_t>(count));
@@ -308,7 +339,7 @@ private:
         ready_.signal(1);
     }
 
-    void commit_chunk(ThreadContext& context, TaskBase** items, std::size_t n) {
+    void commit_chunk(SubInterpreter* sub, ThreadContext& context, TaskBase** items, std::size_t n) {
         const auto start = now();
         if (cancel_.load(std::memory_order_acquire)) {  // passed on: the executor drops them under the GIL
             for (std::size_t i = 0; i < n; ++i) items[i]->fail(cancelled());
@@ -323,7 +354,7 @@ private:
             }
         }
         if (needs_gil) {  // one GIL hold for every Python-object commit of the chunk
-            InterpreterHold gil(sub_.get(), &context);
+            InterpreterHold gil(sub, &context);
             for (std::size_t i = 0; i < n; ++i) {
                 if (items[i]->commit_needs_gil()) items[i]->commit(name_);
             }
@@ -333,19 +364,24 @@ private:
 
     // --- executor thread -----------------------------------------------------
 
-    void executor_loop() {
-        ThreadContext context(sub_.get());  // the thread state, made now, not inside the first batch
+    void executor_loop(Worker& worker) {
+        ThreadContext context(worker.interpreter.sub());  // the thread state, made now, not inside the first batch
         const auto batch_size = static_cast<std::ptrdiff_t>(options_.batch_size);
         const auto delay = options_.max_batch_delay;
+        const bool shared_ring = workers_.size() > 1;
         std::vector<TaskBase*> batch(options_.batch_size);
         for (bool stop = false; !stop;) {
             std::size_t m = 0;
             auto take = [&](std::ptrdiff_t acquired) {  // pops at once: the sentinel ends any wait
+                std::unique_lock<std::mutex> lock(take_mutex_, std::defer_lock);
+                if (shared_ring) lock.lock();
                 for (std::ptrdiff_t i = 0; i < acquired; ++i) {
                     if (TaskBase* t = ring_.pop()) {
                         batch[m++] = t;
-                    } else {
-                        stop = true;  // the sentinel is always the last item
+                    } else {  // the sentinel, always the last item: its count goes back for the next worker
+                        stop = true;
+                        ready_.signal(acquired - i);
+                        break;
                     }
                 }
             };
@@ -367,15 +403,15 @@ private:
                     if (!batch[i]->failed()) batch[i]->fail(cancelled());
                 }
             }
-            if (m > 0) run_batch(context, batch.data(), m);
+            if (m > 0) run_batch(worker, context, batch.data(), m);
         }
     }
 
     /// One Python call for up to batch_size items; see TaskBase for the order of steps.
-    void run_batch(ThreadContext& context, TaskBase** items, std::size_t n) {
+    void run_batch(Worker& worker, ThreadContext& context, TaskBase** items, std::size_t n) {
         const auto start = now();
         {
-            InterpreterHold gil(sub_.get(), &context);
+            InterpreterHold gil(worker.interpreter.sub(), &context);
             std::size_t live = 0;  // items[0, live): converted, in the Python call
             py::list args(0);
             for (std::size_t i = 0; i < n; ++i) {
@@ -389,7 +425,7 @@ private:
                 }
                 std::swap(items[live++], items[i]);
             }
-            if (live > 0) call_and_deliver(args, items, live);
+            if (live > 0) call_and_deliver(worker.interpreter.function(), args, items, live);
             for (std::size_t i = 0; i < n; ++i) items[i]->drop_closures();
         }
         // Count before fulfilling: whoever holds every future sees the counts too.
@@ -397,14 +433,20 @@ private:
         for (std::size_t i = 0; i < n; ++i) failed += items[i]->failed() ? 1 : 0;
         failed_.fetch_add(failed, std::memory_order_relaxed);
         completed_.fetch_add(n - failed, std::memory_order_relaxed);
+        worker.batches.fetch_add(1, std::memory_order_relaxed);
+        worker.items.fetch_add(n, std::memory_order_relaxed);
         record(execute_batch_ema_, execute_ns_ema_, n, start);
         for (std::size_t i = 0; i < n; ++i) items[i]->complete();  // frees the item
+        if constexpr (Policy::collect_stats) {
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
+            worker.busy_ns.fetch_add(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
+        }
     }
 
     /// GIL held. Calls the function on the batch and hands result i to item i.
-    void call_and_deliver(const py::list& args, TaskBase** items, std::size_t n) {
+    void call_and_deliver(const py::object& fn, const py::list& args, TaskBase** items, std::size_t n) {
         try {
-            py::object result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn_.ptr(), args.ptr()));
+            py::object result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn.ptr(), args.ptr()));
             if (!result) throw py::error_already_set();
             PyObject* r = result.ptr();
             if (PyList_Check(r) || PyTuple_Check(r)) {
@@ -497,13 +539,14 @@ private:
         }
     }
 
-    static void update_ema(std::atomic<double>& ema, double x) noexcept {  // one writer per EMA
-        const double old = ema.load(std::memory_order_relaxed);
-        ema.store(old == 0 ? x : old + Policy::stats_ema_weight * (x - old), std::memory_order_relaxed);
+    static void update_ema(std::atomic<double>& ema, double x) noexcept {  // executors: several writers
+        double old = ema.load(std::memory_order_relaxed);
+        while (!ema.compare_exchange_weak(old, old == 0 ? x : old + Policy::stats_ema_weight * (x - old),
+                                          std::memory_order_relaxed)) {
+        }
     }
 
-    std::unique_ptr<SubInterpreter> sub_;  // null: the main interpreter
-    py::object fn_;
+    std::vector<std::unique_ptr<Worker>> workers_;  // the worker set; never empty
     const std::string name_;
     const HandlerOptions options_;
     const std::size_t staged_capacity_;  // batch_size * prefetch_depth
@@ -519,7 +562,9 @@ private:
     std::atomic<std::uint64_t> staged_{0};
     std::atomic<double> commit_batch_ema_{0};
     std::atomic<double> commit_ns_ema_{0};
-    alignas(64) std::atomic<std::uint64_t> taken_{0};  // executor
+    alignas(64) std::atomic<std::uint64_t> taken_{0};  // executors
+    std::mutex take_mutex_;                            // orders the executors' pops (several workers)
+    std::atomic<std::size_t> next_invoke_{0};           // round robin of synchronous invokes
     std::atomic<std::uint64_t> completed_{0};
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<double> execute_batch_ema_{0};
@@ -532,7 +577,6 @@ private:
 
     ProcessState& process_;
     std::thread commit_thread_;
-    std::thread executor_thread_;
 };
 
 }  // namespace pyscheduler::detail

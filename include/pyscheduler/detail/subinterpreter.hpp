@@ -104,4 +104,34 @@ private:
 
 #endif
 
+/// The interpreter one worker of a handler runs in, and the handler's function as
+/// imported there: the main interpreter (no sub-interpreter; every Main worker holds
+/// a reference to the one function), or a sub-interpreter of the worker's own. Drops
+/// the function under its interpreter's GIL, then ends the sub-interpreter.
+class PYSCHEDULER_HIDDEN WorkerInterpreter {
+public:
+    /// `fn` lives in `sub`, or in the main interpreter when `sub` is null.
+    WorkerInterpreter(std::unique_ptr<SubInterpreter> sub, py::object fn) noexcept
+        : sub_(std::move(sub)), fn_(std::move(fn)) {}
+    WorkerInterpreter(WorkerInterpreter&&) noexcept = default;
+    WorkerInterpreter& operator=(WorkerInterpreter&&) = delete;
+    ~WorkerInterpreter() {
+        if (fn_) {
+            InterpreterHold gil(sub_.get(), nullptr);
+            fn_ = py::object();
+        }
+        sub_.reset();  // no thread state of ours may be left in it
+    }
+
+    SubInterpreter* sub() const noexcept { return sub_.get(); }
+    const py::object& function() const noexcept { return fn_; }
+
+    /// Holds this interpreter's GIL for a scope, on any thread.
+    InterpreterHold hold() const { return InterpreterHold(sub_.get(), nullptr); }
+
+private:
+    std::unique_ptr<SubInterpreter> sub_;  // null: the main interpreter
+    py::object fn_;
+};
+
 }  // namespace pyscheduler::detail
