@@ -160,6 +160,10 @@ private:
         }
         if (o.workers == 0) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must be at least 1");
         if (o.workers > 1024) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must not exceed 1024");
+        if (o.batch_size * o.prefetch_depth > limit / o.workers) {
+            throw std::invalid_argument(
+                "pyscheduler: HandlerOptions::batch_size * prefetch_depth * workers must not exceed 2^30");
+        }
     }
 
     detail::ProcessState* process_;

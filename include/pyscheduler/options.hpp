@@ -21,8 +21,8 @@ struct HandlerOptions {
     std::size_t batch_size = 1;
 
     /// Committed items may run ahead of execution by up to
-    /// `batch_size * prefetch_depth` items (>= 1). Bounds the memory (or GPU memory)
-    /// that staged-but-not-yet-executed items hold.
+    /// `batch_size * prefetch_depth` items per worker (>= 1). Bounds the memory (or GPU
+    /// memory) that staged-but-not-yet-executed items hold.
     std::size_t prefetch_depth = 1;
 
     /// Zero: purely opportunistic batching - the executor takes whatever is ready,

@@ -6,6 +6,7 @@
 //   ./configure.sh --bench        (Release build, then this binary, tabular output)
 #include <benchmark/benchmark.h>
 #include <malloc.h>
+#include <pybind11/stl.h>
 #include <pyscheduler/pyscheduler.hpp>
 #include <time.h>
 
@@ -13,6 +14,8 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -411,22 +414,31 @@ BENCHMARK_TEMPLATE(BM_MixedHandlers, LightweightFuturePolicy)
 
 // --- parallel pure Python: two handlers, one GIL each --------------------------------------
 
-/// Seconds for two handlers of `kind` to run `items` CPU-bound pure-Python items each.
-double two_handlers_seconds(pyscheduler::InterpreterKind kind, int items, int n) {
-    HandlerOptions o = options(1, 2);
-    o.interpreter = kind;
-    std::vector<InvokeHandler> handlers;
-    handlers.push_back(load("spin", o));
-    handlers.push_back(load("spin", o));
+auto cast_long_long = [](py::object o) { return o.cast<long long>(); };
+
+/// Seconds for `items` batch-1 items of spin_one(n), queued at once, dealt to
+/// `handlers` in turn; returns when every one has completed.
+double spin_seconds(std::vector<InvokeHandler>& handlers, int items, int n) {
     const auto t0 = Clock::now();
     std::vector<std::future<long long>> futures;
+    futures.reserve(static_cast<std::size_t>(items));
     for (int i = 0; i < items; ++i) {
-        for (auto& h : handlers) {
-            futures.push_back(h.queue_invoke([n] { return n; }, [](py::object o) { return o.cast<long long>(); }));
-        }
+        futures.push_back(handlers[static_cast<std::size_t>(i) % handlers.size()].queue_invoke([n] { return n; },
+                                                                                               cast_long_long));
     }
     for (auto& f : futures) benchmark::DoNotOptimize(f.get());
     return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+/// `count` handlers of pyscheduler_bench_funcs.spin, batch 1, of `kind` with `workers`.
+std::vector<InvokeHandler> spin_handlers(std::size_t count, pyscheduler::InterpreterKind kind,
+                                         std::size_t workers = 1) {
+    HandlerOptions o = options(1, 8);
+    o.interpreter = kind;
+    o.workers = workers;
+    std::vector<InvokeHandler> handlers;
+    for (std::size_t i = 0; i < count; ++i) handlers.push_back(load("spin", o));
+    return handlers;
 }
 
 /// Main: the two handlers share the main GIL and take turns. OwnGil: each runs in a
@@ -436,24 +448,157 @@ void BM_PurePythonTwoHandlers(benchmark::State& state) {
 #if PY_VERSION_HEX < 0x030C0000
     state.SkipWithError("own-GIL sub-interpreters need CPython 3.12+");
 #else
-    constexpr int kItems = 200;
+    constexpr int kItems = 400;
     constexpr int kN = 20000;
+    auto main = spin_handlers(2, pyscheduler::InterpreterKind::Main);
+    auto own = spin_handlers(2, pyscheduler::InterpreterKind::OwnGil);
     double main_s = 0;
     double own_s = 0;
     for (auto _ : state) {
-        const double m = two_handlers_seconds(pyscheduler::InterpreterKind::Main, kItems, kN);
-        const double o = two_handlers_seconds(pyscheduler::InterpreterKind::OwnGil, kItems, kN);
+        const double m = spin_seconds(main, kItems, kN);
+        const double o = spin_seconds(own, kItems, kN);
         state.SetIterationTime(o);
         main_s += m;
         own_s += o;
     }
     const double iterations = static_cast<double>(state.iterations());
-    state.counters["main_items_per_s"] = 2 * kItems * iterations / main_s;
-    state.counters["own_gil_items_per_s"] = 2 * kItems * iterations / own_s;
+    state.counters["main_items_per_s"] = kItems * iterations / main_s;
+    state.counters["own_gil_items_per_s"] = kItems * iterations / own_s;
     state.counters["speedup"] = main_s / own_s;
 #endif
 }
 BENCHMARK(BM_PurePythonTwoHandlers)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// --- worker pools (HandlerOptions::workers) ---------------------------------------------
+
+/// Python's own pools on `items` items of spin_one(n), run by compare_pools.py in a
+/// child process of this build's Python: seconds per row ("loop", "threads",
+/// "pool_chunksize_1", "pool_chunksize_auto").
+std::map<std::string, double> python_pools_seconds(int items, int n) {
+    pyscheduler::detail::GilHold gil;
+    py::module_ subprocess = py::module_::import("subprocess");
+    py::object sys = py::module_::import("sys");
+    const std::string script = std::string(PYSCHEDULER_BENCH_DIR) + "/compare_pools.py";
+    py::object out = subprocess.attr("run")(
+        py::make_tuple(sys.attr("executable"), script, std::to_string(items), std::to_string(n), "--json"),
+        py::arg("capture_output") = true, py::arg("text") = true, py::arg("check") = true);
+    return py::module_::import("json").attr("loads")(out.attr("stdout")).cast<std::map<std::string, double>>();
+}
+
+/// Issue #14, benchmark 1: CPU-bound pure Python, batch 1, items of about 150-250 us,
+/// queued at once (prefetch 8). One handler with two own-GIL workers, against one
+/// worker, two hand-made own-GIL handlers, and Python's own pools on the same items;
+/// each round measures all of them. *_per_s: items per second of each row, the same
+/// work throughout; speedup_pool: one worker's time / the pool's; pool_util: the
+/// fraction of the pool's wall time its two workers spent inside batches.
+void BM_PoolPurePython(benchmark::State& state) {
+#if PY_VERSION_HEX < 0x030C0000
+    state.SkipWithError("own-GIL sub-interpreters need CPython 3.12+");
+#else
+    constexpr int kItems = 2000;
+    constexpr int kN = 4000;
+    auto one = spin_handlers(1, pyscheduler::InterpreterKind::OwnGil);
+    auto pool = spin_handlers(1, pyscheduler::InterpreterKind::OwnGil, 2);
+    auto two = spin_handlers(2, pyscheduler::InterpreterKind::OwnGil);
+    auto busy_seconds = [&pool] {
+        double ns = 0;
+        for (const auto& w : pool[0].get_queue_stats().workers) ns += static_cast<double>(w.busy_ns);
+        return ns * 1e-9;
+    };
+    std::map<std::string, double> sum;  // seconds per row, over all rounds
+    for (auto _ : state) {
+        sum["one"] += spin_seconds(one, kItems, kN);
+        const double busy_before = busy_seconds();
+        const double p = spin_seconds(pool, kItems, kN);
+        sum["pool"] += p;
+        sum["pool_busy"] += busy_seconds() - busy_before;
+        sum["two_h"] += spin_seconds(two, kItems, kN);
+        state.SetIterationTime(p);
+        for (const auto& [row, seconds] : python_pools_seconds(kItems, kN)) sum["py_" + row] += seconds;
+    }
+    const double items = kItems * static_cast<double>(state.iterations());
+    for (const char* row : {"one", "pool", "two_h", "py_loop", "py_threads", "py_pool_chunksize_1",
+                            "py_pool_chunksize_auto"}) {
+        state.counters[std::string(row) + "_per_s"] = items / sum[row];
+    }
+    state.counters["item_us"] = sum["one"] / items * 1e6;
+    state.counters["speedup_pool"] = sum["one"] / sum["pool"];
+    state.counters["pool_util"] = sum["pool_busy"] / (2 * sum["pool"]);
+#endif
+}
+BENCHMARK(BM_PoolPurePython)->Iterations(5)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// Issue #14, benchmark 2: numpy work that releases the GIL (a 256x256 matrix product
+/// per item, BLAS on one thread), batch 1: two Main workers against one.
+void BM_PoolNumpyMain(benchmark::State& state) {
+    constexpr int kItems = 300;
+    HandlerOptions o = options(1, 2);
+    auto one = python().loadPythonModule("pyscheduler_bench_numpy", "matmul", o);
+    o.workers = 2;
+    auto pool = python().loadPythonModule("pyscheduler_bench_numpy", "matmul", o);
+    auto run = [](InvokeHandler& h) {
+        const auto t0 = Clock::now();
+        std::vector<std::future<double>> futures;
+        for (int i = 0; i < kItems; ++i) {
+            futures.push_back(h.queue_invoke([i] { return i; }, [](py::object r) { return r.cast<double>(); }));
+        }
+        for (auto& f : futures) benchmark::DoNotOptimize(f.get());
+        return std::chrono::duration<double>(Clock::now() - t0).count();
+    };
+    double one_s = 0;
+    double pool_s = 0;
+    for (auto _ : state) {
+        one_s += run(one);
+        const double p = run(pool);
+        pool_s += p;
+        state.SetIterationTime(p);
+    }
+    state.counters["item_us"] = one_s / (kItems * static_cast<double>(state.iterations())) * 1e6;
+    state.counters["speedup_pool"] = one_s / pool_s;
+}
+BENCHMARK(BM_PoolNumpyMain)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// Issue #14, benchmark 3: batch-1 round trips (queue_invoke(...).get()) through a
+/// handler with two Main workers against one with one worker, in alternating blocks
+/// of 500 (back to back) or alternating single requests (2 ms apart).
+/// x_one_worker: the pool's p50 / the single worker's p50 (target <= 1.2).
+template <class Policy>
+void pool_round_trip(benchmark::State& state, std::chrono::microseconds gap) {
+    auto one = load<Policy>("identity_batch", options(1, 1));
+    HandlerOptions o = options(1, 1);
+    o.workers = 2;
+    auto pool = load<Policy>("identity_batch", o);
+    const int block = gap.count() > 0 ? 1 : 500;
+    std::vector<double> one_ns, pool_ns;
+    int i = 0;
+    for (auto _ : state) {
+        for (auto* h : {&one, &pool}) {
+            auto& out = h == &one ? one_ns : pool_ns;
+            for (int r = 0; r < block; ++r) {
+                if (gap.count() > 0) std::this_thread::sleep_for(gap);
+                const auto t0 = Clock::now();
+                benchmark::DoNotOptimize(h->queue_invoke([v = i++] { return v; }, cast_int).get());
+                out.push_back(ns_since(t0));
+            }
+        }
+    }
+    state.counters["one_p50_us"] = percentile(one_ns, 0.5) / 1000;
+    state.counters["pool_p50_us"] = percentile(pool_ns, 0.5) / 1000;
+    state.counters["pool_p99_us"] = percentile(pool_ns, 0.99) / 1000;
+    state.counters["x_one_worker"] = percentile(pool_ns, 0.5) / percentile(one_ns, 0.5);
+}
+template <class Policy>
+void BM_PoolRoundTripBackToBack(benchmark::State& state) {
+    pool_round_trip<Policy>(state, std::chrono::microseconds(0));
+}
+template <class Policy>
+void BM_PoolRoundTripEvery2ms(benchmark::State& state) {
+    pool_round_trip<Policy>(state, std::chrono::milliseconds(2));
+}
+BENCHMARK_TEMPLATE(BM_PoolRoundTripBackToBack, DefaultPolicy)->Iterations(20);
+BENCHMARK_TEMPLATE(BM_PoolRoundTripBackToBack, LightweightFuturePolicy)->Iterations(20);
+BENCHMARK_TEMPLATE(BM_PoolRoundTripEvery2ms, DefaultPolicy)->Iterations(300);
+BENCHMARK_TEMPLATE(BM_PoolRoundTripEvery2ms, LightweightFuturePolicy)->Iterations(300);
 
 }  // namespace
 

@@ -25,6 +25,7 @@
 
 #include <concurrentqueue/blockingconcurrentqueue.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -122,7 +123,7 @@ public:
              ProcessState& process)
         : name_(std::move(name)),
           options_(options),
-          staged_capacity_(options.batch_size * options.prefetch_depth),
+          staged_capacity_(options.batch_size * options.prefetch_depth * options.workers),
           ring_(staged_capacity_ + 1),  // + 1: the shutdown sentinel never waits for room
           room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
           ready_(0, 0),
@@ -370,6 +371,17 @@ private:
         const auto delay = options_.max_batch_delay;
         const bool shared_ring = workers_.size() > 1;
         std::vector<TaskBase*> batch(options_.batch_size);
+        // Ring slots this worker has emptied but not yet given back (room_). Under load
+        // the commit thread waits for room, so every give-back wakes it: a system call,
+        // and a context switch that takes a core from a worker running Python. Slots go
+        // back in bulks of half this worker's share of the ring (so with prefetch_depth
+        // 1, at once), and always before this worker waits for anything, so the commit
+        // thread never waits on room that an idle worker holds.
+        const auto return_at = std::max<std::ptrdiff_t>(1, batch_size * static_cast<std::ptrdiff_t>(options_.prefetch_depth) / 2);
+        std::ptrdiff_t unreturned = 0;
+        auto give_back_room = [&] {
+            if (unreturned > 0) room_.signal(std::exchange(unreturned, 0));
+        };
         for (bool stop = false; !stop;) {
             std::size_t m = 0;
             auto take = [&](std::ptrdiff_t acquired) {  // pops at once: the sentinel ends any wait
@@ -385,8 +397,14 @@ private:
                     }
                 }
             };
-            take(idle_wait_many<Policy>(ready_, batch_size));
-            if (delay.count() > 0) {
+            std::ptrdiff_t ready = ready_.tryWaitMany(batch_size);
+            if (ready == 0) {
+                give_back_room();
+                ready = idle_wait_many<Policy>(ready_, batch_size);
+            }
+            take(ready);
+            if (delay.count() > 0 && !stop && m < options_.batch_size) {
+                give_back_room();
                 const auto deadline = clock::now() + delay;
                 while (!stop && m < options_.batch_size) {
                     const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now());
@@ -396,7 +414,8 @@ private:
                     take(more);
                 }
             }
-            room_.signal(static_cast<std::ptrdiff_t>(m));
+            unreturned += static_cast<std::ptrdiff_t>(m);
+            if (unreturned >= return_at || stop) give_back_room();
             taken_.fetch_add(m, std::memory_order_relaxed);
             if (cancel_.load(std::memory_order_acquire)) {
                 for (std::size_t i = 0; i < m; ++i) {
@@ -549,7 +568,7 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;  // the worker set; never empty
     const std::string name_;
     const HandlerOptions options_;
-    const std::size_t staged_capacity_;  // batch_size * prefetch_depth
+    const std::size_t staged_capacity_;  // batch_size * prefetch_depth * workers
 
     moodycamel::BlockingConcurrentQueue<TaskBase*, QueueTraits> queue_;
     std::unique_ptr<moodycamel::LightweightSemaphore> free_slots_;  // bounded queues only
