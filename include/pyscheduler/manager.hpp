@@ -35,12 +35,13 @@ public:
     /// Starts or attaches to the interpreter. Safe to call from many threads at once.
     BasicPyManager() : process_(&detail::ensure_interpreter()) {}
 
-    /// Appends `dir` to sys.path unless it is there already.
+    /// Appends `dir` to sys.path unless it is there already. `dir` is a path as the
+    /// OS gives it (file-system encoding; undecodable bytes are kept, as os.fsdecode does).
     void add_path(const std::string& dir) const {
         if (dir.empty()) throw std::invalid_argument("pyscheduler: add_path: the directory is an empty string");
         detail::GilHold gil;
         pybind11::list path = pybind11::module_::import("sys").attr("path");
-        pybind11::str entry(dir);
+        pybind11::str entry = detail::path_to_python(dir);
         if (!path.contains(entry)) path.append(entry);
     }
 
@@ -102,7 +103,7 @@ private:
         std::vector<std::string> path;
         detail::GilHold gil;
         for (pybind11::handle entry : pybind11::module_::import("sys").attr("path")) {
-            path.push_back(pybind11::str(entry).cast<std::string>());
+            if (PyUnicode_Check(entry.ptr())) path.push_back(detail::path_from_python(entry));  // imports skip others
         }
         return path;
     }
@@ -124,7 +125,7 @@ private:
             detail::InterpreterHold gil(sub.get(), nullptr);
             try {
                 pybind11::list sys_path;
-                for (const std::string& entry : path) sys_path.append(pybind11::str(entry));
+                for (const std::string& entry : path) sys_path.append(detail::path_to_python(entry));
                 pybind11::module_::import("sys").attr("path") = sys_path;
                 fn = import_function(module, function, name);
             } catch (const std::invalid_argument& e) {

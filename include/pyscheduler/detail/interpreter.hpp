@@ -169,27 +169,58 @@ inline ProcessState& ensure_interpreter() {
     return *st;
 }
 
+/// GIL held. str(obj) as UTF-8, for messages. Any str survives: what UTF-8 cannot
+/// encode (lone surrogates, as os.fsdecode makes from undecodable bytes) is escaped
+/// with backslashreplace, the rest kept intact. `fallback` when str() itself raises
+/// (the error is cleared).
+inline std::string utf8_of(py::handle obj, const char* fallback) {
+    auto text = py::reinterpret_steal<py::object>(PyObject_Str(obj.ptr()));
+    auto bytes = text ? py::reinterpret_steal<py::object>(PyUnicode_AsEncodedString(text.ptr(), "utf-8",
+                                                                                    "backslashreplace"))
+                      : py::object();
+    if (!bytes) {
+        PyErr_Clear();
+        return fallback;
+    }
+    return std::string(PyBytes_AS_STRING(bytes.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(bytes.ptr())));
+}
+
 /// GIL held. A PythonError (strings only) for the Python exception `value` of type
-/// `type` with traceback `trace` (either may be null).
+/// `type` with traceback `trace` (either may be null). Each part is read on its own:
+/// an exception whose str() raises keeps its type and traceback.
 inline PythonError python_error_from(py::handle type, py::handle value, py::handle trace, const std::string& where) {
     std::string type_name = "<unknown exception>";
-    std::string message;
+    if (type) {
+        const std::string module = utf8_of(py::getattr(type, "__module__", py::none()), "?");
+        const std::string qualname = utf8_of(py::getattr(type, "__qualname__", py::none()), "?");
+        type_name = module == "builtins" ? qualname : module + "." + qualname;
+    }
+    const std::string message = value ? utf8_of(value, "<str() of the exception raised>") : std::string();
     std::string traceback;
     try {
-        if (type) {
-            const auto module = py::str(type.attr("__module__")).cast<std::string>();
-            const auto qualname = py::str(type.attr("__qualname__")).cast<std::string>();
-            type_name = module == "builtins" ? qualname : module + "." + qualname;
-        }
-        if (value) message = py::str(value).cast<std::string>();
         auto or_none = [](py::handle h) { return h ? h : py::handle(Py_None); };
         py::list lines = py::module_::import("traceback").attr("format_exception")(or_none(type), or_none(value),
                                                                                  or_none(trace));
-        for (py::handle line : lines) traceback += line.cast<std::string>();
+        for (py::handle line : lines) traceback += utf8_of(line, "");
         while (!traceback.empty() && traceback.back() == '\n') traceback.pop_back();
-    } catch (const py::error_already_set&) {  // formatting failed: keep what we have
+    } catch (const py::error_already_set&) {  // formatting failed: the other parts stand
     }
-    return PythonError(where, std::move(type_name), std::move(message), std::move(traceback));
+    return PythonError(where, std::move(type_name), message, std::move(traceback));
+}
+
+/// GIL held. A file-system path (bytes in the file-system encoding, as the OS gives
+/// them) as a Python str, and back: undecodable bytes round-trip as lone surrogates
+/// (os.fsdecode / os.fsencode).
+inline py::str path_to_python(const std::string& path) {
+    auto s = py::reinterpret_steal<py::str>(PyUnicode_DecodeFSDefaultAndSize(path.data(), static_cast<Py_ssize_t>(path.size())));
+    if (!s) throw py::error_already_set();
+    return s;
+}
+inline std::string path_from_python(py::handle path) {
+    PyObject* bytes = nullptr;
+    if (PyUnicode_FSConverter(path.ptr(), &bytes) == 0) throw py::error_already_set();
+    const auto owned = py::reinterpret_steal<py::object>(bytes);
+    return std::string(PyBytes_AS_STRING(owned.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(owned.ptr())));
 }
 
 /// GIL held. Turns a caught Python exception into a PythonError that holds only strings.
