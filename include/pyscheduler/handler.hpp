@@ -24,6 +24,7 @@
 #include "pyscheduler/detail/pipeline.hpp"
 #include "pyscheduler/detail/task.hpp"
 #include "pyscheduler/errors.hpp"
+#include "pyscheduler/gil_safe.hpp"
 #include "pyscheduler/options.hpp"
 #include "pyscheduler/policy.hpp"
 #include "pyscheduler/stats.hpp"
@@ -90,6 +91,11 @@ public:
     /// does not convert to R.
     template <class R, class... Args>
     R invoke(Args&&... args) const {
+        static_assert(!owns_python_references_v<R>,
+                      "pyscheduler: invoke<R>: R holds Python objects, and the result leaves the call's GIL hold "
+                      "for a caller that may not hold the GIL (copying or destroying it there corrupts reference "
+                      "counts). Ask for a C++ type (invoke<double>, invoke<std::vector<long>>), or use "
+                      "invoke(callback, args...) and convert in the callback, or return pyscheduler::GilSafe from it.");
         auto& p = pipeline();
         const auto& interpreter = p.interpreter_for_invoke();
         auto gil = interpreter.hold();
@@ -106,6 +112,11 @@ public:
     template <class Callback, class... Args>
         requires std::invocable<Callback&&, pybind11::object>
     auto invoke(Callback&& callback, Args&&... args) const {
+        static_assert(!owns_python_references_v<std::invoke_result_t<Callback&&, pybind11::object>>,
+                      "pyscheduler: invoke(callback, ...): the callback returns a type that holds Python objects, "
+                      "and it leaves the call's GIL hold for a caller that may not hold the GIL. Convert it in the "
+                      "callback (return r.cast<double>();), or return pyscheduler::GilSafe<...>(r), whose copy and "
+                      "destructor take the GIL.");
         auto& p = pipeline();
         const auto& interpreter = p.interpreter_for_invoke();
         auto gil = interpreter.hold();
@@ -205,6 +216,12 @@ private:
     /// Builds the item (its queue slot already reserved) and queues it.
     template <class R, class Commit, class Callback, class... Args>
     future<R> enqueue(Pipeline& p, Commit&& commit, Callback&& callback, Args&&... args) {
+        static_assert(!owns_python_references_v<R>,
+                      "pyscheduler: queue_invoke: the callback returns a type that holds Python objects "
+                      "(pybind11::object, a container of them...). The future hands it to a thread that does not "
+                      "hold the GIL, where copying or destroying it corrupts reference counts. Convert it in the "
+                      "callback (return r.cast<double>();), or return pyscheduler::GilSafe<...>(r), whose copy and "
+                      "destructor take the GIL.");
         static_assert(detail::is_supported_future_v<future<R>>,
                       "pyscheduler: Policy::future<R> must be std::future<R> or pyscheduler::Future<R>");
         std::pair<detail::TaskBase*, future<R>> item;

@@ -12,6 +12,7 @@
 
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/future.hpp"
+#include "pyscheduler/gil_safe.hpp"
 #include "pyscheduler/handler.hpp"
 #include "pyscheduler/manager.hpp"
 #include "pyscheduler/options.hpp"

@@ -128,3 +128,8 @@ def via_cpp(items):
     """Calls back into C++ (tests register pyscheduler_reentry), which invokes another handler."""
     import pyscheduler_reentry
     return [pyscheduler_reentry.call_b(x) for x in items]
+
+
+def boxed(items):
+    """A fresh list per item: objects whose reference counts tests can watch."""
+    return [[x] for x in items]

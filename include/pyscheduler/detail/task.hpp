@@ -38,6 +38,7 @@
 #include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/future.hpp"
+#include "pyscheduler/gil_safe.hpp"
 
 namespace pyscheduler::detail {
 
@@ -252,6 +253,10 @@ public:
                   "pyscheduler: the commit function must return the value that is passed to Python");
     static_assert(!std::is_reference_v<Committed>,
                   "pyscheduler: the commit function must return a value, not a reference");
+    static_assert(is_python_object_v<Committed> || !owns_python_references_v<Committed>,
+                  "pyscheduler: the commit function returns a type that holds Python objects without being one "
+                  "(a container of pybind11 objects...). Such commits run without the GIL. Return one "
+                  "pybind11 object (e.g. a py::list; such commits run with the GIL) or a C++ value.");
 
     template <class C, class B, class... A>
     Task(Head* head, C&& commit, B&& callback, A&&... args)
