@@ -1,12 +1,13 @@
 // A child process for tests/test_environment.cpp: prints which Python environment
-// the embedded interpreter uses, and whether the venv-only marker module imports.
+// the embedded interpreter uses, whether the venv-only marker module imports, and
+// whether the module named by its first argument (if any) imports.
 #include <pyscheduler/pyscheduler.hpp>
 
 #include <iostream>
 
 namespace py = pybind11;
 
-int main() {
+int main(int argc, char** argv) {
     try {
         pyscheduler::PyManager python;
         auto prefix = python.loadPythonModule("sys", "getrecursionlimit");  // any callable: starts Python
@@ -18,6 +19,14 @@ int main() {
             std::cout << "marker=" << marker.attr("WHERE").cast<std::string>() << "\n";
         } catch (const py::error_already_set&) {
             std::cout << "marker=absent\n";
+        }
+        if (argc > 1) {
+            try {
+                py::module_::import(argv[1]);
+                std::cout << "import=present\n";
+            } catch (const py::error_already_set&) {
+                std::cout << "import=absent\n";
+            }
         }
         return 0;
     } catch (const std::exception& e) {

@@ -3,6 +3,7 @@
 // to the next through release().ptr() / reinterpret_steal.
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "test_support.hpp"
@@ -19,6 +20,15 @@ TEST(SeedExamples, SynchronousToStringWithCallback) {
     auto concat = python().loadPythonModule("pyscheduler_test_funcs", "concat");
     std::string s = concat.invoke([](py::object o) { return py::str(o).cast<std::string>(); }, "hello", " world");
     EXPECT_EQ(s, "hello world");
+}
+
+TEST(SeedExamples, QueueStatsUnderTheSeedsName) {
+    auto h = python().loadPythonModule("pyscheduler_test_funcs", "double", 4, 2);
+    EXPECT_EQ(h.queue_invoke([] { return 21; }, cast_to<int>()).get(), 42);
+    PyManager::InvokeHandler::QueueStats stats = h.get_queue_stats();  // the seed's spelling
+    static_assert(std::is_same_v<PyManager::InvokeHandler::QueueStats, QueueStats>);
+    const int64_t enqueued = static_cast<int64_t>(stats.total_enqueued);  // the seed's field was int64_t
+    EXPECT_EQ(enqueued, 1);
 }
 
 TEST(SeedExamples, SvdPipelineWithNumpy) {
