@@ -418,9 +418,10 @@ auto cast_long_long = [](py::object o) { return o.cast<long long>(); };
 
 /// Seconds for `items` batch-1 items of spin_one(n), queued at once, dealt to
 /// `handlers` in turn; returns when every one has completed.
-double spin_seconds(std::vector<InvokeHandler>& handlers, int items, int n) {
+template <class Policy>
+double spin_seconds(std::vector<pyscheduler::BasicInvokeHandler<Policy>>& handlers, int items, int n) {
     const auto t0 = Clock::now();
-    std::vector<std::future<long long>> futures;
+    std::vector<typename pyscheduler::BasicInvokeHandler<Policy>::template future<long long>> futures;
     futures.reserve(static_cast<std::size_t>(items));
     for (int i = 0; i < items; ++i) {
         futures.push_back(handlers[static_cast<std::size_t>(i) % handlers.size()].queue_invoke([n] { return n; },
@@ -430,14 +431,16 @@ double spin_seconds(std::vector<InvokeHandler>& handlers, int items, int n) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-/// `count` handlers of pyscheduler_bench_funcs.spin, batch 1, of `kind` with `workers`.
-std::vector<InvokeHandler> spin_handlers(std::size_t count, pyscheduler::InterpreterKind kind,
-                                         std::size_t workers = 1) {
-    HandlerOptions o = options(1, 8);
+/// `count` handlers of pyscheduler_bench_funcs.spin, batch 1, prefetch `prefetch`, of
+/// `kind` with `workers`.
+template <class Policy = DefaultPolicy>
+std::vector<pyscheduler::BasicInvokeHandler<Policy>> spin_handlers(std::size_t count, pyscheduler::InterpreterKind kind,
+                                                                   std::size_t workers = 1, std::size_t prefetch = 8) {
+    HandlerOptions o = options(1, prefetch);
     o.interpreter = kind;
     o.workers = workers;
-    std::vector<InvokeHandler> handlers;
-    for (std::size_t i = 0; i < count; ++i) handlers.push_back(load("spin", o));
+    std::vector<pyscheduler::BasicInvokeHandler<Policy>> handlers;
+    for (std::size_t i = 0; i < count; ++i) handlers.push_back(load<Policy>("spin", o));
     return handlers;
 }
 
@@ -486,7 +489,8 @@ std::map<std::string, double> python_pools_seconds(int items, int n) {
 }
 
 /// Issue #14, benchmark 1: CPU-bound pure Python, batch 1, items of about 150-250 us,
-/// queued at once (prefetch 8). One handler with two own-GIL workers, against one
+/// queued at once (LightweightFuturePolicy, prefetch 32: each row in the configuration
+/// that serves it best). One handler with two own-GIL workers, against one
 /// worker, two hand-made own-GIL handlers, and Python's own pools on the same items;
 /// each round measures all of them. *_per_s: items per second of each row, the same
 /// work throughout; speedup_pool: one worker's time / the pool's; pool_util: the
@@ -497,9 +501,10 @@ void BM_PoolPurePython(benchmark::State& state) {
 #else
     constexpr int kItems = 2000;
     constexpr int kN = 4000;
-    auto one = spin_handlers(1, pyscheduler::InterpreterKind::OwnGil);
-    auto pool = spin_handlers(1, pyscheduler::InterpreterKind::OwnGil, 2);
-    auto two = spin_handlers(2, pyscheduler::InterpreterKind::OwnGil);
+    using Policy = LightweightFuturePolicy;
+    auto one = spin_handlers<Policy>(1, pyscheduler::InterpreterKind::OwnGil, 1, 32);
+    auto pool = spin_handlers<Policy>(1, pyscheduler::InterpreterKind::OwnGil, 2, 32);
+    auto two = spin_handlers<Policy>(2, pyscheduler::InterpreterKind::OwnGil, 1, 32);
     auto busy_seconds = [&pool] {
         double ns = 0;
         for (const auto& w : pool[0].get_queue_stats().workers) ns += static_cast<double>(w.busy_ns);
