@@ -72,32 +72,9 @@ TEST(Shutdown, CancelFailsWhatHasNotReachedPython) {
 
 TEST(Shutdown, CancelWhileProducersRaceLosesNothing) {
     auto h = load("double", 4, 2);
-    std::atomic<long> values{0}, cancelled{0}, wrong{0};
-    std::vector<std::thread> producers;
-    std::atomic<int> started{0};
-    for (int p = 0; p < 4; ++p) {
-        producers.emplace_back([&] {
-            std::vector<std::pair<int, std::future<int>>> futures;
-            ++started;
-            for (int i = 0; i < 3000; ++i) futures.emplace_back(i, h.queue_invoke(commit_value(i), cast_to<int>()));
-            for (auto& [i, f] : futures) {
-                try {
-                    if (f.get() == 2 * i) {
-                        ++values;
-                    } else {
-                        ++wrong;
-                    }
-                } catch (const Cancelled&) {
-                    ++cancelled;
-                }
-            }
-        });
-    }
-    while (started < 4) std::this_thread::yield();
-    h.shutdown(ShutdownMode::Cancel);
-    for (auto& t : producers) t.join();
-    EXPECT_EQ(wrong.load(), 0);
-    EXPECT_EQ(values + cancelled, 4 * 3000);
+    const RaceCounts r = cancel_while_producers_race(h, 3000, [](int i) { return 2L * i; });
+    EXPECT_EQ(r.wrong, 0);
+    EXPECT_EQ(r.values + r.cancelled, 4 * 3000);
 }
 
 TEST(BoundedQueue, TryQueueInvokeRefusesWhenFullAndKeepsTheArguments) {

@@ -156,32 +156,9 @@ TEST_P(WorkersOfEachKind, AFailingBatchLeavesTheWorkersRunning) {
 TEST_P(WorkersOfEachKind, ShutdownCancelRacingProducersLosesNothing) {
     PYSCHEDULER_REQUIRE_OWN_GIL(GetParam());
     auto h = load_pool("squares", pool(GetParam(), 3, 2));
-    std::atomic<long> values{0}, cancelled{0}, wrong{0};
-    std::atomic<int> started{0};
-    std::vector<std::thread> producers;
-    for (int p = 0; p < 4; ++p) {
-        producers.emplace_back([&] {
-            std::vector<std::pair<int, std::future<long>>> futures;
-            ++started;
-            for (int i = 0; i < 2000; ++i) futures.emplace_back(i, h.queue_invoke([i] { return i; }, cast_to<long>()));
-            for (auto& [i, f] : futures) {
-                try {
-                    if (f.get() == static_cast<long>(i) * i) {
-                        ++values;
-                    } else {
-                        ++wrong;
-                    }
-                } catch (const Cancelled&) {
-                    ++cancelled;
-                }
-            }
-        });
-    }
-    while (started < 4) std::this_thread::yield();
-    h.shutdown(ShutdownMode::Cancel);
-    for (auto& t : producers) t.join();
-    EXPECT_EQ(wrong.load(), 0);
-    EXPECT_EQ(values + cancelled, 4 * 2000);
+    const RaceCounts r = cancel_while_producers_race(h, 2000, [](int i) { return static_cast<long>(i) * i; });
+    EXPECT_EQ(r.wrong, 0);
+    EXPECT_EQ(r.values + r.cancelled, 4 * 2000);
     const QueueStats s = h.get_queue_stats();
     std::uint64_t by_workers = 0;
     for (const WorkerStats& w : s.workers) by_workers += w.items;

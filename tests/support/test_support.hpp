@@ -5,9 +5,13 @@
 #include <pybind11/stl.h>
 #include <pyscheduler/pyscheduler.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 namespace pyscheduler::test {
 
@@ -66,6 +70,45 @@ inline constexpr auto kNoHang = std::chrono::seconds(60);
 template <class F>
 bool completes(F& f) {
     return f.wait_for(kNoHang) == std::future_status::ready;
+}
+
+/// What cancel_while_producers_race counted.
+struct RaceCounts {
+    long values = 0;     // futures that got the expected value
+    long cancelled = 0;  // futures that failed with Cancelled
+    long wrong = 0;      // anything else
+};
+
+/// Four producers each queue `items` items (commit i, callback cast to long) while this
+/// thread shuts the handler down with ShutdownMode::Cancel once all four have started.
+/// Every future must complete with `expected(i)` or Cancelled.
+template <class Handler, class Expected>
+RaceCounts cancel_while_producers_race(Handler& h, int items, Expected expected) {
+    std::atomic<long> values{0}, cancelled{0}, wrong{0};
+    std::atomic<int> started{0};
+    std::vector<std::thread> producers;
+    for (int p = 0; p < 4; ++p) {
+        producers.emplace_back([&] {
+            std::vector<std::pair<int, std::future<long>>> futures;
+            ++started;
+            for (int i = 0; i < items; ++i) futures.emplace_back(i, h.queue_invoke([i] { return i; }, cast_to<long>()));
+            for (auto& [i, f] : futures) {
+                try {
+                    if (f.get() == expected(i)) {
+                        ++values;
+                    } else {
+                        ++wrong;
+                    }
+                } catch (const Cancelled&) {
+                    ++cancelled;
+                }
+            }
+        });
+    }
+    while (started < 4) std::this_thread::yield();
+    h.shutdown(ShutdownMode::Cancel);
+    for (auto& t : producers) t.join();
+    return {values.load(), cancelled.load(), wrong.load()};
 }
 
 /// Closes the gate of gated_identity; reopens it on destruction so no test can leave
