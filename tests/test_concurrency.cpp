@@ -101,6 +101,7 @@ TEST(Concurrency, StagesParkingAndWakingWithABatchDelay) {
 struct ParkAtOncePolicy : DefaultPolicy {
     static constexpr int idle_spins = 0;
     static constexpr int idle_yields = 0;
+    static constexpr int idle_adaptive_us = 0;
 };
 struct SpinOnlyPolicy : DefaultPolicy {
     static constexpr int idle_spins = 5000;

@@ -141,8 +141,9 @@ TEST(QueueInvoke, PrefetchIsBoundedByBatchSizeTimesDepth) {
 }
 
 /// A policy written out in full, not derived from DefaultPolicy, with only the members
-/// policies had before `future` and `idle_yields`: it still compiles and gets their
-/// defaults (std::future; DefaultPolicy's yields).
+/// policies had before `future`, `idle_yields` and `idle_adaptive_us`: it still
+/// compiles and gets their defaults (std::future; DefaultPolicy's yields and adaptive
+/// polling).
 struct HandWrittenPolicy {
     using clock = std::chrono::steady_clock;
     static constexpr bool collect_stats = false;
@@ -150,6 +151,7 @@ struct HandWrittenPolicy {
     static constexpr int idle_spins = 100;
 };
 static_assert(detail::idle_yields_of<HandWrittenPolicy>() == DefaultPolicy::idle_yields);
+static_assert(detail::idle_adaptive_us_of<HandWrittenPolicy>() == DefaultPolicy::idle_adaptive_us);
 static_assert(std::is_same_v<BasicInvokeHandler<HandWrittenPolicy>::future<int>, std::future<int>>);
 
 TEST(QueueInvoke, AHandWrittenPolicyWithOnlyTheOlderMembersWorks) {

@@ -34,6 +34,14 @@ struct DefaultPolicy {
     static constexpr int idle_spins = 0;
     static constexpr int idle_yields = 10;
 
+    /// Then, in microseconds: a stage whose recent waits for work were this short or
+    /// shorter keeps polling (yielding between polls) for up to twice their average,
+    /// at most this long, before it parks. Back-to-back requests then find the stages
+    /// awake instead of paying a wake-up per stage; a stage whose waits are longer (an
+    /// idle handler, requests milliseconds apart) parks after the polls above, so
+    /// idle handlers still cost no CPU. 0 turns it off.
+    static constexpr int idle_adaptive_us = 50;
+
     /// What queue_invoke returns for a callback result R: std::future<R>, or
     /// pyscheduler::Future<R> (see LightweightFuturePolicy). A policy without this
     /// member gets std::future.

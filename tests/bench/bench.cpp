@@ -223,7 +223,8 @@ BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)->Apply(thr
 /// Raw limit of a round trip: a batch-1 item hops caller -> commit thread -> executor
 /// -> caller, so it can be no faster than three threads waking one another in a
 /// chain. The two relay threads wait as the pipeline's stages do (the same semaphore,
-/// through detail::idle_wait_many); the caller parks at once, as a future's waiter does.
+/// through detail::idle_wait_many, each learning its waits with an IdleBudget); the
+/// caller parks at once, as a future's waiter does.
 class WakeChain {
 public:
     WakeChain()
@@ -250,8 +251,9 @@ public:
 private:
     using Semaphore = moodycamel::LightweightSemaphore;
     void relay(Semaphore& in, Semaphore& out) {
+        pyscheduler::detail::IdleBudget<DefaultPolicy> budget;
         for (;;) {
-            pyscheduler::detail::idle_wait_many<DefaultPolicy>(in, 1);
+            pyscheduler::detail::idle_wait_many<DefaultPolicy>(in, 1, &budget);
             if (stop_.load()) return;
             out.signal();
         }

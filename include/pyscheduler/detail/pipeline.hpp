@@ -60,26 +60,77 @@ constexpr int idle_yields_of() {
     }
 }
 
-/// How every stage waits (see DefaultPolicy::idle_spins and idle_yields): `attempt`
-/// (non-blocking; returns what it took, 0 for nothing) is polled idle_spins times,
-/// then once after each of idle_yields std::this_thread::yield() calls; when it still
-/// finds nothing, `park` blocks in the kernel. The semaphores themselves are made with
-/// no spinning of their own, so a park is immediate.
+/// Policy::idle_adaptive_us, or DefaultPolicy's for a policy written before it existed.
+template <class Policy>
+constexpr int idle_adaptive_us_of() {
+    if constexpr (requires { Policy::idle_adaptive_us; }) {
+        return Policy::idle_adaptive_us;
+    } else {
+        return DefaultPolicy::idle_adaptive_us;
+    }
+}
+
+/// What one waiting thread has learned about its waits for work (see
+/// DefaultPolicy::idle_adaptive_us): a moving average of how long they lasted. While
+/// that is short, the thread keeps polling for up to twice as long before it parks, so
+/// a request that follows the last one by a few microseconds finds it awake; a thread
+/// whose waits are long (an idle handler, requests milliseconds apart) parks after the
+/// policy's fixed polls. Owned by the waiting thread; not shared.
+template <class Policy>
+class IdleBudget {
+public:
+    using clock = std::chrono::steady_clock;
+
+    /// Extra polling time before parking: 0 unless recent waits were short.
+    clock::duration poll_for() const noexcept {
+        return average_ <= kLimit ? std::min(2 * average_, clock::duration(kLimit)) : clock::duration::zero();
+    }
+    void observe(clock::duration waited) noexcept { average_ += (waited - average_) / 4; }
+
+private:
+    static constexpr std::chrono::microseconds kLimit{idle_adaptive_us_of<Policy>()};
+    clock::duration average_ = 2 * kLimit + std::chrono::microseconds(1);  // as if idle: no extra polling yet
+};
+
+/// How every stage waits (see DefaultPolicy::idle_spins, idle_yields and
+/// idle_adaptive_us): `attempt` (non-blocking; returns what it took, 0 for nothing) is
+/// polled idle_spins times, then once after each of idle_yields
+/// std::this_thread::yield() calls, then (with a `budget`) after further yields for as
+/// long as the budget allows; when it still finds nothing, `park` blocks in the
+/// kernel. The semaphores themselves are made with no spinning of their own, so a park
+/// is immediate.
 template <class Policy, class Attempt, class Park>
-auto idle_wait(Attempt attempt, Park park) {
+auto idle_wait(Attempt attempt, Park park, IdleBudget<Policy>* budget = nullptr) {
+    using clock = std::chrono::steady_clock;  // IdleBudget's
     auto got = attempt();
+    if (got) {
+        if (budget) budget->observe(clock::duration::zero());
+        return got;
+    }
+    const auto start = budget ? clock::now() : clock::time_point();
     for (int i = 0; !got && i < Policy::idle_spins; ++i) got = attempt();
     for (int i = 0; !got && i < idle_yields_of<Policy>(); ++i) {
         std::this_thread::yield();
         got = attempt();
     }
-    return got ? got : park();
+    if (budget) {
+        const auto until = start + budget->poll_for();
+        while (!got && clock::now() < until) {
+            std::this_thread::yield();
+            got = attempt();
+        }
+    }
+    if (!got) got = park();
+    if (budget) budget->observe(clock::now() - start);
+    return got;
 }
 
 /// idle_wait on a semaphore: takes between 1 and `max` of its count.
 template <class Policy>
-std::ptrdiff_t idle_wait_many(moodycamel::LightweightSemaphore& semaphore, std::ptrdiff_t max) {
-    return idle_wait<Policy>([&] { return semaphore.tryWaitMany(max); }, [&] { return semaphore.waitMany(max); });
+std::ptrdiff_t idle_wait_many(moodycamel::LightweightSemaphore& semaphore, std::ptrdiff_t max,
+                              IdleBudget<Policy>* budget = nullptr) {
+    return idle_wait<Policy>([&] { return semaphore.tryWaitMany(max); }, [&] { return semaphore.waitMany(max); },
+                             budget);
 }
 
 struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
@@ -302,6 +353,7 @@ private:
     void commit_loop() {
         SubInterpreter* const sub = first_interpreter().sub();
         ThreadContext context(sub);
+        IdleBudget<Policy> budget;  // of its waits for work (not for room: that wait is the executors' pace)
         std::vector<TaskBase*> bulk(staged_capacity_);
         bool stopping = false;
         std::uint64_t dequeued = 0;
@@ -309,7 +361,7 @@ private:
             if (stopping && dequeued == enqueued_.load(std::memory_order_acquire)) break;
             const std::size_t got =
                 idle_wait<Policy>([&] { return queue_.try_dequeue_bulk(bulk.data(), staged_capacity_); },
-                                  [&] { return queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_); });
+                                  [&] { return queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_); }, &budget);
             std::size_t n = 0;
             for (std::size_t i = 0; i < got; ++i) {
                 if (bulk[i] != nullptr) {
@@ -379,6 +431,7 @@ private:
         // thread never waits on room that an idle worker holds.
         const auto return_at = std::max<std::ptrdiff_t>(1, batch_size * static_cast<std::ptrdiff_t>(options_.prefetch_depth) / 2);
         std::ptrdiff_t unreturned = 0;
+        IdleBudget<Policy> budget;
         auto give_back_room = [&] {
             if (unreturned > 0) room_.signal(std::exchange(unreturned, 0));
         };
@@ -387,6 +440,7 @@ private:
             auto take = [&](std::ptrdiff_t acquired) {  // pops at once: the sentinel ends any wait
                 std::unique_lock<std::mutex> lock(take_mutex_, std::defer_lock);
                 if (shared_ring) lock.lock();
+                const std::size_t before = m;
                 for (std::ptrdiff_t i = 0; i < acquired; ++i) {
                     if (TaskBase* t = ring_.pop()) {
                         batch[m++] = t;
@@ -396,25 +450,37 @@ private:
                         break;
                     }
                 }
+                unreturned += static_cast<std::ptrdiff_t>(m - before);
             };
+            auto missing = [&] { return batch_size - static_cast<std::ptrdiff_t>(m); };
             std::ptrdiff_t ready = ready_.tryWaitMany(batch_size);
             if (ready == 0) {
                 give_back_room();
-                ready = idle_wait_many<Policy>(ready_, batch_size);
+                ready = idle_wait_many<Policy>(ready_, batch_size, &budget);
             }
             take(ready);
-            if (delay.count() > 0 && !stop && m < options_.batch_size) {
-                give_back_room();
+            if (delay.count() > 0) {  // wait up to the delay for the batch to fill
                 const auto deadline = clock::now() + delay;
-                while (!stop && m < options_.batch_size) {
+                while (!stop && missing() > 0) {
+                    give_back_room();
                     const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now());
                     if (left.count() <= 0) break;
-                    const auto more = ready_.waitMany(batch_size - static_cast<std::ptrdiff_t>(m), left.count());
+                    const auto more = ready_.waitMany(missing(), left.count());
                     if (more == 0) break;
                     take(more);
                 }
+            } else {
+                // Opportunistic batching tops the batch up without waiting for nothing:
+                // while more items are accepted but not yet staged (queued, or being
+                // committed), it hands its room back, yields to the threads that stage
+                // them and takes what they staged, a few times at most. With nothing
+                // pending it runs at once, so a lone item waits for nothing.
+                for (int i = 0; i < kTopUpYields && !stop && missing() > 0 && staging_pending(); ++i) {
+                    give_back_room();
+                    std::this_thread::yield();
+                    if (const auto more = ready_.tryWaitMany(missing())) take(more);
+                }
             }
-            unreturned += static_cast<std::ptrdiff_t>(m);
             if (unreturned >= return_at || stop) give_back_room();
             taken_.fetch_add(m, std::memory_order_relaxed);
             if (cancel_.load(std::memory_order_acquire)) {
@@ -425,6 +491,14 @@ private:
             if (m > 0) run_batch(worker, context, batch.data(), m);
         }
     }
+
+    /// Items accepted by submit() and not yet in the ring (queued, or being committed).
+    bool staging_pending() const noexcept {
+        return enqueued_.load(std::memory_order_relaxed) > staged_.load(std::memory_order_relaxed);
+    }
+
+    /// Yields an executor spends at most topping up a batch (see executor_loop).
+    static constexpr int kTopUpYields = 8;
 
     /// One Python call for up to batch_size items; see TaskBase for the order of steps.
     void run_batch(Worker& worker, ThreadContext& context, TaskBase** items, std::size_t n) {
