@@ -260,7 +260,7 @@ public:
     /// Stops the pipeline; idempotent, and safe while producers are still calling
     /// submit() (which then returns false). Drain: every queued item runs. Cancel:
     /// items not yet handed to Python fail with Cancelled; a batch already in Python
-    /// finishes. Returns when both threads have exited. Not from the handler's own
+    /// finishes. Returns when the commit thread and every worker have exited. Not from the handler's own
     /// threads (its commit functions or callbacks): they cannot wait for themselves.
     void shutdown(ShutdownMode mode) {
         if (is_own_thread()) {
@@ -429,7 +429,8 @@ private:
         // back in bulks of half this worker's share of the ring (so with prefetch_depth
         // 1, at once), and always before this worker waits for anything, so the commit
         // thread never waits on room that an idle worker holds.
-        const auto return_at = std::max<std::ptrdiff_t>(1, batch_size * static_cast<std::ptrdiff_t>(options_.prefetch_depth) / 2);
+        const auto return_at =
+            std::max<std::ptrdiff_t>(1, batch_size * static_cast<std::ptrdiff_t>(options_.prefetch_depth) / 2);
         std::ptrdiff_t unreturned = 0;
         IdleBudget<Policy> budget;
         auto give_back_room = [&] {
