@@ -260,8 +260,9 @@ public:
     /// Stops the pipeline; idempotent, and safe while producers are still calling
     /// submit() (which then returns false). Drain: every queued item runs. Cancel:
     /// items not yet handed to Python fail with Cancelled; a batch already in Python
-    /// finishes. Returns when the commit thread and every worker have exited. Not from the handler's own
-    /// threads (its commit functions or callbacks): they cannot wait for themselves.
+    /// finishes (in every worker). Returns when the commit thread and every worker have
+    /// exited. Not from the handler's own threads (its commit functions or callbacks):
+    /// they cannot wait for themselves.
     void shutdown(ShutdownMode mode) {
         if (is_own_thread()) {
             throw std::logic_error("pyscheduler: " + name_ +
