@@ -212,7 +212,8 @@ inline PythonError python_error_from(py::handle type, py::handle value, py::hand
 /// them) as a Python str, and back: undecodable bytes round-trip as lone surrogates
 /// (os.fsdecode / os.fsencode).
 inline py::str path_to_python(const std::string& path) {
-    auto s = py::reinterpret_steal<py::str>(PyUnicode_DecodeFSDefaultAndSize(path.data(), static_cast<Py_ssize_t>(path.size())));
+    auto s = py::reinterpret_steal<py::str>(
+        PyUnicode_DecodeFSDefaultAndSize(path.data(), static_cast<Py_ssize_t>(path.size())));
     if (!s) throw py::error_already_set();
     return s;
 }
