@@ -93,7 +93,9 @@ TEST(UndecodableText, PathsRoundTripThroughAddPathAndOwnGilHandlers) {
     std::vector<std::string> entries;
     {
         detail::GilHold gil;
-        for (py::handle entry : py::module_::import("sys").attr("path")) entries.push_back(detail::path_from_python(entry));
+        for (py::handle entry : py::module_::import("sys").attr("path")) {
+            entries.push_back(detail::path_from_python(entry));
+        }
     }
     EXPECT_EQ(std::count(entries.begin(), entries.end(), dir), 1) << "os.fsdecode / os.fsencode round trip";
 #if PY_VERSION_HEX >= 0x030C0000
