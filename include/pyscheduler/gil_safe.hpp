@@ -58,7 +58,9 @@ inline constexpr bool owns_python_references_v = owns_python_references<std::rem
 /// Moving an object in needs no GIL; copying one in, and using get(), do (as for any
 /// pybind11 object). Objects of own-GIL sub-interpreters are refused
 /// (std::invalid_argument, when made on a thread of that interpreter): the holder takes
-/// the main GIL, which does not protect them.
+/// the main GIL, which does not protect them. For the same reason, do not copy or
+/// destroy a GilSafe on an own-GIL handler's threads (its commit functions and
+/// callbacks), which hold their own interpreter's GIL, not the main one.
 template <class T = pybind11::object>
 class GilSafe {
     static_assert(std::is_base_of_v<pybind11::object, T>, "pyscheduler::GilSafe<T>: T must be a pybind11 object type");
