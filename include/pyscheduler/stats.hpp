@@ -11,8 +11,9 @@ namespace pyscheduler {
 struct WorkerStats {
     std::uint64_t batches = 0;  ///< Python calls it has made
     std::uint64_t items = 0;    ///< items it has finished (values and errors)
-    std::uint64_t busy_ns = 0;  ///< wall time inside its batches (GIL wait, Python call, callbacks,
-                                ///< fulfilling futures); stays 0 when the policy disables statistics
+    std::uint64_t busy_ns = 0;  ///< wall time inside its batches (GIL wait, conversions, Python call,
+                                ///< callbacks; the futures are fulfilled after); stays 0 when the
+                                ///< policy disables statistics
 };
 
 /// Returned by `InvokeHandler::get_queue_stats()`. Counters are read without

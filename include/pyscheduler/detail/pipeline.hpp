@@ -530,12 +530,9 @@ private:
         completed_.fetch_add(n - failed, std::memory_order_relaxed);
         worker.batches.fetch_add(1, std::memory_order_relaxed);
         worker.items.fetch_add(n, std::memory_order_relaxed);
-        record(execute_batch_ema_, execute_ns_ema_, n, start);
+        const double ns = record(execute_batch_ema_, execute_ns_ema_, n, start);  // one clock read per batch
+        worker.busy_ns.fetch_add(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
         for (std::size_t i = 0; i < n; ++i) items[i]->complete();  // frees the item
-        if constexpr (Policy::collect_stats) {
-            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
-            worker.busy_ns.fetch_add(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
-        }
     }
 
     /// GIL held. Calls the function on the batch and hands result i to item i.
@@ -625,12 +622,17 @@ private:
         }
     }
 
-    static void record(std::atomic<double>& size_ema, std::atomic<double>& ns_ema, std::size_t n,
-                       typename clock::time_point start) noexcept {
+    /// Updates the moving averages with a bulk of `n` items begun at `start`; returns
+    /// its wall time in ns (0 when the policy disables statistics).
+    static double record(std::atomic<double>& size_ema, std::atomic<double>& ns_ema, std::size_t n,
+                         typename clock::time_point start) noexcept {
         if constexpr (Policy::collect_stats) {
             const double ns = std::chrono::duration<double, std::nano>(clock::now() - start).count();
             update_ema(size_ema, static_cast<double>(n));
             update_ema(ns_ema, ns);
+            return ns;
+        } else {
+            return 0;
         }
     }
 
