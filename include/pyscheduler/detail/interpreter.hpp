@@ -174,15 +174,13 @@ inline ProcessState& ensure_interpreter() {
 /// with backslashreplace, the rest kept intact. `fallback` when str() itself raises
 /// (the error is cleared).
 inline std::string utf8_of(py::handle obj, const char* fallback) {
-    auto text = py::reinterpret_steal<py::object>(PyObject_Str(obj.ptr()));
-    auto bytes = text ? py::reinterpret_steal<py::object>(PyUnicode_AsEncodedString(text.ptr(), "utf-8",
-                                                                                    "backslashreplace"))
-                      : py::object();
-    if (!bytes) {
-        PyErr_Clear();
-        return fallback;
+    if (auto text = py::reinterpret_steal<py::object>(PyObject_Str(obj.ptr()))) {
+        auto bytes =
+            py::reinterpret_steal<py::bytes>(PyUnicode_AsEncodedString(text.ptr(), "utf-8", "backslashreplace"));
+        if (bytes) return std::string(bytes);
     }
-    return std::string(PyBytes_AS_STRING(bytes.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(bytes.ptr())));
+    PyErr_Clear();
+    return fallback;
 }
 
 /// GIL held. A PythonError (strings only) for the Python exception `value` of type
@@ -195,7 +193,7 @@ inline PythonError python_error_from(py::handle type, py::handle value, py::hand
         const std::string qualname = utf8_of(py::getattr(type, "__qualname__", py::none()), "?");
         type_name = module == "builtins" ? qualname : module + "." + qualname;
     }
-    const std::string message = value ? utf8_of(value, "<str() of the exception raised>") : std::string();
+    std::string message = value ? utf8_of(value, "<str() of the exception raised>") : std::string();
     std::string traceback;
     try {
         auto or_none = [](py::handle h) { return h ? h : py::handle(Py_None); };
@@ -205,7 +203,7 @@ inline PythonError python_error_from(py::handle type, py::handle value, py::hand
         while (!traceback.empty() && traceback.back() == '\n') traceback.pop_back();
     } catch (const py::error_already_set&) {  // formatting failed: the other parts stand
     }
-    return PythonError(where, std::move(type_name), message, std::move(traceback));
+    return PythonError(where, std::move(type_name), std::move(message), std::move(traceback));
 }
 
 /// GIL held. A file-system path (bytes in the file-system encoding, as the OS gives
@@ -220,8 +218,7 @@ inline py::str path_to_python(const std::string& path) {
 inline std::string path_from_python(py::handle path) {
     PyObject* bytes = nullptr;
     if (PyUnicode_FSConverter(path.ptr(), &bytes) == 0) throw py::error_already_set();
-    const auto owned = py::reinterpret_steal<py::object>(bytes);
-    return std::string(PyBytes_AS_STRING(owned.ptr()), static_cast<std::size_t>(PyBytes_GET_SIZE(owned.ptr())));
+    return std::string(py::reinterpret_steal<py::bytes>(bytes));
 }
 
 /// GIL held. Turns a caught Python exception into a PythonError that holds only strings.
