@@ -210,16 +210,14 @@ public:
     /// The interpreter a synchronous invoke runs in: the main one for Main workers;
     /// for own-GIL workers, each worker's in turn (round robin over calls).
     const WorkerInterpreter& interpreter_for_invoke() noexcept {
-        if (workers_.size() == 1 || workers_.front()->interpreter.sub() == nullptr) return first_interpreter();
+        if (!several_interpreters()) return first_interpreter();
         return workers_[next_invoke_.fetch_add(1, std::memory_order_relaxed) % workers_.size()]->interpreter;
     }
 
     /// Whether commit functions returning Python objects are refused: with several
     /// own-GIL workers, an object made on the commit thread (in the first worker's
     /// interpreter) could be run by another worker, in another interpreter.
-    bool refuses_python_commits() const noexcept {
-        return workers_.size() > 1 && workers_.front()->interpreter.sub() != nullptr;
-    }
+    bool refuses_python_commits() const noexcept { return several_interpreters(); }
 
     /// Bounded queues: takes one of the queue's free slots, waiting for one (with the
     /// GIL released, if the caller held it) when `wait`; false when full and not
@@ -322,6 +320,11 @@ private:
         std::atomic<std::uint64_t> items{0};
         std::atomic<std::uint64_t> busy_ns{0};
     };
+
+    /// Several own-GIL workers, each in an interpreter of its own (Main workers share one).
+    bool several_interpreters() const noexcept {
+        return workers_.size() > 1 && workers_.front()->interpreter.sub() != nullptr;
+    }
 
     bool is_own_thread() const noexcept {
         const auto self = std::this_thread::get_id();
