@@ -372,5 +372,108 @@ TEST(FutureStress, ManyThreads) {
     EXPECT_EQ(wrong.load(), 0);
 }
 
+// --- SharedFuture ------------------------------------------------------------
+
+TEST(SharedFuture, ShareInvalidatesTheFutureAndEveryCopyReadsTheValue) {
+    auto [p, f] = make_future<std::string>();
+    SharedFuture<std::string> a = f.share();
+    EXPECT_FALSE(f.valid());
+    SharedFuture<std::string> b = a;  // a copy
+    SharedFuture<std::string> c;
+    EXPECT_FALSE(c.valid());
+    c = b;
+    EXPECT_FALSE(a.is_ready());
+    p.set_value("shared");
+    EXPECT_EQ(a.get(), "shared");
+    EXPECT_EQ(&a.get(), &c.get()) << "one value, not copies";
+    EXPECT_EQ(b.get(), "shared");
+    EXPECT_TRUE(a.valid()) << "get() leaves a shared future valid";
+    Future<int> invalid;
+    EXPECT_THROW(invalid.share(), std::future_error);
+}
+
+TEST(SharedFuture, ExceptionIsRethrownByEveryGet) {
+    auto [p, f] = make_future<int>();
+    SharedFuture<int> a = f.share();
+    SharedFuture<int> b = a;
+    p.set_exception(std::make_exception_ptr(std::runtime_error("boom")));
+    EXPECT_THROW(a.get(), std::runtime_error);
+    EXPECT_THROW(a.get(), std::runtime_error);
+    EXPECT_THROW(b.get(), std::runtime_error);
+}
+
+TEST(SharedFuture, VoidAndLastCopyFreesTheValue) {
+    auto [pv, fv] = make_future<void>();
+    SharedFuture<void> v = fv.share();
+    pv.set_value();
+    v.get();
+    ASSERT_EQ(Counted::live.load(), 0);
+    {
+        auto [p, f] = make_future<Counted>();
+        SharedFuture<Counted> a = f.share();
+        p.set_value(Counted(5));
+        {
+            SharedFuture<Counted> b = a;
+            EXPECT_EQ(b.get().value, 5);
+        }
+        EXPECT_EQ(Counted::live.load(), 1) << "a still holds it";
+    }
+    EXPECT_EQ(Counted::live.load(), 0);
+}
+
+// --- continuations (what dependent items wait with) ----------------------------
+
+struct CountingContinuation : detail::Continuation {
+    std::atomic<int> runs{0};
+    CountingContinuation() {
+        run = [](detail::Continuation* c) noexcept { ++static_cast<CountingContinuation*>(c)->runs; };
+    }
+};
+
+TEST(Continuation, RunsOnceWhetherAddedBeforeOrAfterTheValue) {
+    auto [p, f] = make_future<int>();
+    auto* state = detail::FutureAccess::state(f);
+    CountingContinuation before, after;
+    state->on_ready(&before);
+    EXPECT_EQ(before.runs.load(), 0);
+    p.set_value(3);  // releases the producer's reference; f keeps the state
+    EXPECT_EQ(before.runs.load(), 1);
+    state->on_ready(&after);
+    EXPECT_EQ(after.runs.load(), 1) << "added after the value: runs at once, on the adding thread";
+    EXPECT_EQ(before.runs.load(), 1);
+    EXPECT_EQ(f.get(), 3);
+}
+
+// Adders race the setter: each continuation must run exactly once (a missed one is an
+// item that never runs; a doubled one, an item queued twice).
+TEST(ContinuationStress, AddersRaceTheSetter) {
+    constexpr int kRounds = 3000, kAdders = 2, kPerAdder = 8;
+    int wrong = 0;
+    for (int round = 0; round < kRounds; ++round) {
+        auto [p, f] = make_future<int>();
+        auto* state = detail::FutureAccess::state(f);
+        std::vector<CountingContinuation> nodes(kAdders * kPerAdder);
+        std::atomic<int> go{0};
+        std::vector<std::thread> adders;
+        for (int a = 0; a < kAdders; ++a) {
+            adders.emplace_back([&, a] {
+                go.fetch_add(1);
+                while (go.load() < kAdders + 1) std::this_thread::yield();
+                for (int i = 0; i < kPerAdder; ++i) state->on_ready(&nodes[a * kPerAdder + i]);
+            });
+        }
+        go.fetch_add(1);
+        while (go.load() < kAdders + 1) std::this_thread::yield();
+        p.set_value(round);
+        for (auto& t : adders) t.join();
+        for (auto& n : nodes) wrong += n.runs.load() != 1;
+        if (wrong) {
+            ADD_FAILURE() << "round " << round;
+            break;
+        }
+    }
+    EXPECT_EQ(wrong, 0);
+}
+
 }  // namespace
 }  // namespace pyscheduler::test

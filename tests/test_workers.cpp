@@ -2,8 +2,6 @@
 // interpreter (threads sharing its GIL) or in own-GIL sub-interpreters (CPython >= 3.12;
 // those tests skip on 3.11). Batches go to whichever worker is free; each own-GIL
 // worker has its own module state; every guarantee of a single executor holds.
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <map>
@@ -46,27 +44,6 @@ HandlerOptions pool(InterpreterKind kind, std::size_t workers, std::size_t batch
 InvokeHandler load_pool(const std::string& function, const HandlerOptions& options) {
     return python().loadPythonModule("pyscheduler_test_own_gil", function, options);
 }
-
-/// A pipe whose read end a Python function blocks on (GIL released) until the test
-/// writes a byte: a batch that stays in Python exactly as long as the test wants.
-struct Pipe {
-    int fds[2] = {-1, -1};
-    Pipe() { EXPECT_EQ(::pipe(fds), 0); }
-    ~Pipe() {
-        release(1);  // never leave a batch blocked behind a failed assertion
-        ::close(fds[0]);
-        ::close(fds[1]);
-    }
-    int read_end() const { return fds[0]; }
-    void release(unsigned char byte) {
-        if (released_) return;
-        released_ = true;
-        EXPECT_EQ(::write(fds[1], &byte, 1), 1);
-    }
-
-private:
-    bool released_ = false;
-};
 
 class WorkersOfEachKind : public ::testing::TestWithParam<InterpreterKind> {};
 

@@ -77,4 +77,16 @@ public:
     std::exception_ptr clone() const override { return std::make_exception_ptr(Cancelled(std::string(what()))); }
 };
 
+/// An input of the item (a Future or SharedFuture passed as one of its arguments)
+/// failed or was cancelled, so the item did not run. `what()` names the handler, the
+/// argument and the input's own error (itself a DependencyFailed when the failure came
+/// from further up the graph).
+class DependencyFailed : public Error {
+public:
+    using Error::Error;
+    std::exception_ptr clone() const override {
+        return std::make_exception_ptr(DependencyFailed(std::string(what())));
+    }
+};
+
 }  // namespace pyscheduler

@@ -10,7 +10,13 @@
 //
 // It keeps std::future's contract for what it offers: get() once (then invalid),
 // wait(), wait_for(), wait_until(), valid(), and std::future_error(no_state) on an
-// invalid future. It has no share().
+// invalid future. share() turns it into a SharedFuture<R>, copyable, whose get()
+// returns a const reference, as std::shared_future's does.
+//
+// Both are what an item may take as an argument of another item (InvokeHandler::
+// submit / queue_invoke): the state runs continuations (detail::Continuation) when
+// it becomes ready, on the thread that made it ready, so a dependent item waits
+// without a thread blocked on it.
 #pragma once
 
 #include <atomic>
@@ -40,8 +46,14 @@ namespace pyscheduler {
 
 template <class R>
 class Future;
+template <class R>
+class SharedFuture;
 
 namespace detail {
+
+/// `const R&`, or void for R = void: what SharedFuture<R>::get() returns.
+template <class R>
+using const_ref_t = std::conditional_t<std::is_void_v<R>, void, std::add_lvalue_reference_t<const R>>;
 
 /// An event that is set once. The word is 0 (pending), 1 (set) or 2 (pending, and a
 /// thread is parked on it or about to park): set() makes a system call only in the
@@ -56,10 +68,13 @@ class OneShotEvent {
 public:
     using Deadline = std::chrono::steady_clock::time_point;
 
-    bool is_set() const noexcept { return word_.load(std::memory_order_acquire) == kSet; }
+    // seq_cst (the same instructions as acquire/release on x86 and ARMv8): the state's
+    // continuation list relies on a store of each side being seen by the other side's
+    // later load (FutureState::on_ready).
+    bool is_set() const noexcept { return word_.load(std::memory_order_seq_cst) == kSet; }
 
     void set() noexcept {
-        if (word_.exchange(kSet, std::memory_order_acq_rel) == kParked) wake_all();
+        if (word_.exchange(kSet, std::memory_order_seq_cst) == kParked) wake_all();
     }
 
     /// Waits until the event is set, or until `*deadline` when one is given. Returns
@@ -144,10 +159,19 @@ inline void free_block(void* p, std::size_t align) noexcept {
     }
 }
 
+/// Work to run once a future state is ready: on the thread that makes it ready,
+/// right after (the pipeline's threads do that without the GIL), or at once on the
+/// thread that adds it, when the state is ready already. Intrusive: whoever adds the
+/// node keeps it alive until `run` has been called, and `run` may free it.
+struct Continuation {
+    void (*run)(Continuation* self) noexcept = nullptr;
+    Continuation* next = nullptr;
+};
+
 /// The shared state of one Future<R>, at the start of its item's heap block (the
-/// pipeline's task node follows it). Two references: the item's, dropped once it
-/// has fulfilled the state, and the Future's. The last one destroys the state and
-/// frees the block.
+/// pipeline's task node follows it). References: the item's, dropped once it has
+/// fulfilled the state, and one per Future or SharedFuture. The last one destroys
+/// the state and frees the block.
 template <class R>
 class FutureState {
 public:
@@ -158,9 +182,10 @@ public:
 
     /// The one Future of this state; takes its reference.
     Future<R> make_future() noexcept {
-        refs_.fetch_add(1, std::memory_order_relaxed);
+        add_ref();
         return Future<R>(this);
     }
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
 
     template <class... V>
     void set_value(V&&... v) noexcept {
@@ -169,21 +194,42 @@ public:
         } catch (...) {  // R's constructor threw: the future gets that
             error_ = std::current_exception();
         }
-        ready_.set();
+        make_ready();
     }
     void set_exception(std::exception_ptr e) noexcept {
         error_ = std::move(e);
-        ready_.set();
+        make_ready();
     }
 
     bool is_ready() const noexcept { return ready_.is_set(); }
     bool wait(const OneShotEvent::Deadline* deadline) const noexcept { return ready_.wait(deadline); }
+
+    /// Runs `c` once the state is ready (see Continuation). Lock-free: the node is
+    /// pushed onto a list that the setter empties after it made the state ready; an
+    /// adder that then finds the state ready empties the list itself. Both may try;
+    /// each takes the list with an exchange, so every node runs exactly once.
+    void on_ready(Continuation* c) noexcept {
+        Continuation* head = continuations_.load(std::memory_order_relaxed);
+        do {
+            c->next = head;
+        } while (!continuations_.compare_exchange_weak(head, c, std::memory_order_seq_cst, std::memory_order_relaxed));
+        if (ready_.is_set()) run_continuations();
+    }
 
     /// After wait(): the value, or the stored exception rethrown.
     R take() {
         if (error_) std::rethrow_exception(error_);
         if constexpr (!std::is_void_v<R>) return std::move(*value_);
     }
+
+    /// After wait(): the value, left in place (SharedFuture), or the exception rethrown.
+    const_ref_t<R> peek() const {
+        if (error_) std::rethrow_exception(error_);
+        if constexpr (!std::is_void_v<R>) return *value_;
+    }
+
+    /// After wait(): the stored exception, or null.
+    const std::exception_ptr& error() const noexcept { return error_; }
 
     void release() noexcept {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -194,42 +240,41 @@ public:
     }
 
 private:
+    void make_ready() noexcept {
+        ready_.set();
+        // A plain load when nobody added a continuation (the common case); seq_cst
+        // pairs with on_ready's push and its is_set(): one of the two sees the other.
+        if (continuations_.load(std::memory_order_seq_cst) != nullptr) run_continuations();
+    }
+    void run_continuations() noexcept {
+        Continuation* c = continuations_.exchange(nullptr, std::memory_order_acq_rel);
+        while (c != nullptr) {
+            Continuation* next = c->next;  // read first: run() may free the node
+            c->run(c);
+            c = next;
+        }
+    }
+
     struct Empty {};
     using Value = std::conditional_t<std::is_void_v<R>, int, R>;  // std::optional<void> is ill-formed
     using Storage = std::conditional_t<std::is_void_v<R>, Empty, std::optional<Value>>;
 
     std::atomic<std::uint32_t> refs_{1};  // the item's; make_future() adds the Future's
     OneShotEvent ready_;
+    std::atomic<Continuation*> continuations_{nullptr};
     std::size_t align_;
     std::exception_ptr error_;
     [[no_unique_address]] Storage value_;
 };
 
-}  // namespace detail
-
-/// The result of one queued item under LightweightFuturePolicy: std::future's
-/// interface without share(), and without a system call to make it ready unless a
-/// thread is already waiting. Move-only; destroying it before the item completes is
-/// fine (the item still runs; its result is dropped).
+/// What Future<R> and SharedFuture<R> have in common: one reference to the state,
+/// and the waits. Not used on its own.
 template <class R>
-class Future {
+class FutureHandle {
     static_assert(!std::is_reference_v<R>, "pyscheduler::Future holds values, not references");
 
 public:
-    Future() noexcept = default;
-    Future(Future&& other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
-    Future& operator=(Future&& other) noexcept {
-        if (this != &other) {
-            reset();
-            state_ = std::exchange(other.state_, nullptr);
-        }
-        return *this;
-    }
-    Future(const Future&) = delete;
-    Future& operator=(const Future&) = delete;
-    ~Future() { reset(); }
-
-    /// False for a default-constructed or moved-from future, and after get().
+    /// False for a default-constructed or moved-from future, and after Future::get().
     bool valid() const noexcept { return state_ != nullptr; }
 
     /// True once the result (value or exception) is there; never blocks.
@@ -268,28 +313,29 @@ public:
         }
     }
 
-    /// Waits, then returns the value or throws the item's exception. The future is
-    /// invalid afterwards (either way), as a std::future is.
-    R get() {
-        check();
-        state_->wait(nullptr);
-        struct Release {
-            Future& f;
-            ~Release() { f.reset(); }
-        } release{*this};
-        return state_->take();
+protected:
+    FutureHandle() noexcept = default;
+    explicit FutureHandle(FutureState<R>* state) noexcept : state_(state) {}
+    FutureHandle(FutureHandle&& other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
+    FutureHandle(const FutureHandle& other) noexcept : state_(other.state_) {
+        if (state_) state_->add_ref();
     }
-
-private:
-    friend class detail::FutureState<R>;
-    explicit Future(detail::FutureState<R>* state) noexcept : state_(state) {}
-
-    /// Timeouts this long (a century) are waits without one.
-    static constexpr std::chrono::hours kForever{24 * 365 * 100};
-    std::future_status wait_forever() const {
-        state_->wait(nullptr);
-        return std::future_status::ready;
+    FutureHandle& operator=(FutureHandle&& other) noexcept {
+        if (this != &other) {
+            reset();
+            state_ = std::exchange(other.state_, nullptr);
+        }
+        return *this;
     }
+    FutureHandle& operator=(const FutureHandle& other) noexcept {
+        if (this != &other) {
+            if (other.state_) other.state_->add_ref();
+            reset();
+            state_ = other.state_;
+        }
+        return *this;
+    }
+    ~FutureHandle() { reset(); }
 
     void check() const {
         if (!state_) throw std::future_error(std::future_errc::no_state);
@@ -298,7 +344,92 @@ private:
         if (state_) std::exchange(state_, nullptr)->release();
     }
 
-    detail::FutureState<R>* state_ = nullptr;
+    FutureState<R>* state_ = nullptr;
+
+private:
+    friend struct FutureAccess;
+
+    /// Timeouts this long (a century) are waits without one.
+    static constexpr std::chrono::hours kForever{24 * 365 * 100};
+    std::future_status wait_forever() const {
+        state_->wait(nullptr);
+        return std::future_status::ready;
+    }
+};
+
+/// The pipeline's view of a future's state (dependencies between items).
+struct FutureAccess {
+    template <class R>
+    static FutureState<R>* state(const FutureHandle<R>& f) noexcept {
+        return f.state_;
+    }
+};
+
+}  // namespace detail
+
+/// The result of one queued item under LightweightFuturePolicy, or of
+/// InvokeHandler::submit: std::future's interface, without a system call to make it
+/// ready unless a thread is already waiting. Move-only; destroying it before the item
+/// completes is fine (the item still runs; its result is dropped). Moved into another
+/// item's arguments, it makes that item wait for it (see InvokeHandler::submit).
+template <class R>
+class Future : public detail::FutureHandle<R> {
+    using Base = detail::FutureHandle<R>;
+
+public:
+    Future() noexcept = default;
+    Future(Future&&) noexcept = default;
+    Future& operator=(Future&&) noexcept = default;
+    Future(const Future&) = delete;
+    Future& operator=(const Future&) = delete;
+
+    /// Waits, then returns the value or throws the item's exception. The future is
+    /// invalid afterwards (either way), as a std::future is.
+    R get() {
+        this->check();
+        this->state_->wait(nullptr);
+        struct Release {
+            Future& f;
+            ~Release() { f.reset(); }
+        } release{*this};
+        return this->state_->take();
+    }
+
+    /// A SharedFuture of the same result; this future becomes invalid. Throws
+    /// std::future_error(no_state) on an invalid future, as std::future::share() does.
+    SharedFuture<R> share() {
+        this->check();
+        return SharedFuture<R>(std::move(*this));
+    }
+
+private:
+    friend class detail::FutureState<R>;
+    explicit Future(detail::FutureState<R>* state) noexcept : Base(state) {}
+};
+
+/// A copyable view of one item's result (Future::share()): any number of copies, on
+/// any threads, each may wait and get() (a const reference to the one value, or the
+/// exception, rethrown each time). A copy passed as an argument of other items feeds
+/// each of them the same value. The value lives as long as the last copy.
+template <class R>
+class SharedFuture : public detail::FutureHandle<R> {
+    using Base = detail::FutureHandle<R>;
+
+public:
+    SharedFuture() noexcept = default;
+    SharedFuture(Future<R>&& f) noexcept : Base(std::move(f)) {}  // NOLINT: as std::shared_future's
+    SharedFuture(const SharedFuture&) noexcept = default;
+    SharedFuture(SharedFuture&&) noexcept = default;
+    SharedFuture& operator=(const SharedFuture&) noexcept = default;
+    SharedFuture& operator=(SharedFuture&&) noexcept = default;
+
+    /// Waits, then returns the value (a const reference; nothing for R = void) or
+    /// throws the item's exception. The future stays valid.
+    detail::const_ref_t<R> get() const {
+        this->check();
+        this->state_->wait(nullptr);
+        return this->state_->peek();
+    }
 };
 
 }  // namespace pyscheduler

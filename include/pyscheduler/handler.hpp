@@ -8,6 +8,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <bit>
 #include <concepts>
 #include <functional>
 #include <future>
@@ -33,6 +34,14 @@ namespace pyscheduler {
 
 template <class Policy>
 class PYSCHEDULER_HIDDEN BasicPyManager;
+
+/// What queue_invoke, try_queue_invoke and submit accept: a commit function callable
+/// with the arguments (each input future replaced by its value), and a callback
+/// callable with the Python result. (Void inputs pass, to be refused with a message.)
+template <class Commit, class Callback, class... Args>
+concept Queueable = (std::invocable<std::decay_t<Commit>&&, detail::passed_t<std::decay_t<Args>>...> ||
+                     (detail::is_void_input_v<std::decay_t<Args>> || ...)) &&
+                    std::invocable<std::decay_t<Callback>&&, pybind11::object>;
 
 /// Waits for `future` (std::future, std::shared_future or pyscheduler::Future) with
 /// the GIL released if this thread holds it, then returns get(). Callbacks run with
@@ -140,35 +149,73 @@ public:
     /// - `callback(result_i)` runs on the executor thread with the GIL held; its
     ///   return value (or exception) completes the future.
     ///
+    /// Arguments that are futures of other items (a pyscheduler::Future<T>, moved in,
+    /// or a SharedFuture<T>; of this handler or any other) are inputs: the item waits,
+    /// costing no thread, until every input is ready, and the commit function receives
+    /// their values (T, or const T& for a SharedFuture) in their places. An input that
+    /// failed or was cancelled fails the item with DependencyFailed, without running it.
+    ///
     /// Errors go to the futures: a commit or callback that throws fails its own item;
     /// a Python exception fails the batch's items with PythonError; a result of the
     /// wrong shape fails them with ResultError. With several own-GIL workers a commit
     /// function must return a C++ value (std::invalid_argument otherwise: the object
-    /// would be made in one interpreter and used in another).
+    /// would be made in one interpreter and used in another). An input that is not a
+    /// valid future is std::invalid_argument.
     template <class Commit, class Callback, class... Args,
               class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
-        requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
-                 std::invocable<std::decay_t<Callback>&&, pybind11::object>
+        requires Queueable<Commit, Callback, Args...>
     future<R> queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
-        auto& p = pipeline();
-        check_commit<std::decay_t<Commit>, std::decay_t<Args>...>(p);
-        p.reserve_slot(/*wait=*/true);
-        return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
-                          std::forward<Args>(args)...);
+        return *queue<future<R>>(ItemOptions{}, true, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                 std::forward<Args>(args)...);
+    }
+
+    /// As above, with per-item options (priority).
+    template <class Commit, class Callback, class... Args,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires Queueable<Commit, Callback, Args...>
+    future<R> queue_invoke(const ItemOptions& item, Commit&& commit, Callback&& callback, Args&&... args) {
+        return *queue<future<R>>(item, true, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                 std::forward<Args>(args)...);
     }
 
     /// As queue_invoke, but never blocks: when a bounded queue (queue_capacity > 0) is
     /// full, returns an empty optional and leaves the arguments untouched.
     template <class Commit, class Callback, class... Args,
               class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
-        requires std::invocable<std::decay_t<Commit>&&, std::decay_t<Args>&&...> &&
-                 std::invocable<std::decay_t<Callback>&&, pybind11::object>
+        requires Queueable<Commit, Callback, Args...>
     std::optional<future<R>> try_queue_invoke(Commit&& commit, Callback&& callback, Args&&... args) {
-        auto& p = pipeline();
-        check_commit<std::decay_t<Commit>, std::decay_t<Args>...>(p);
-        if (!p.reserve_slot(/*wait=*/false)) return std::nullopt;
-        return enqueue<R>(p, std::forward<Commit>(commit), std::forward<Callback>(callback),
-                          std::forward<Args>(args)...);
+        return queue<future<R>>(ItemOptions{}, false, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                std::forward<Args>(args)...);
+    }
+
+    /// As above, with per-item options.
+    template <class Commit, class Callback, class... Args,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires Queueable<Commit, Callback, Args...>
+    std::optional<future<R>> try_queue_invoke(const ItemOptions& item, Commit&& commit, Callback&& callback,
+                                              Args&&... args) {
+        return queue<future<R>>(item, false, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                std::forward<Args>(args)...);
+    }
+
+    /// As queue_invoke, but returns a pyscheduler::Future<R> whatever the policy: the
+    /// future that can be an input of other items (moved in, or share()d to feed
+    /// several). Under LightweightFuturePolicy the same as queue_invoke.
+    template <class Commit, class Callback, class... Args,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires Queueable<Commit, Callback, Args...>
+    Future<R> submit(Commit&& commit, Callback&& callback, Args&&... args) {
+        return *queue<Future<R>>(ItemOptions{}, true, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                 std::forward<Args>(args)...);
+    }
+
+    /// As above, with per-item options.
+    template <class Commit, class Callback, class... Args,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires Queueable<Commit, Callback, Args...>
+    Future<R> submit(const ItemOptions& item, Commit&& commit, Callback&& callback, Args&&... args) {
+        return *queue<Future<R>>(item, true, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                                 std::forward<Args>(args)...);
     }
 
     /// Stops the handler's threads. Drain runs everything queued (what the destructor
@@ -199,10 +246,11 @@ private:
     explicit BasicInvokeHandler(std::unique_ptr<Pipeline> p) noexcept : pipeline_(std::move(p)) {}
 
     /// Refuses a commit function that returns a Python object where the handler has
-    /// several own-GIL workers (see queue_invoke).
+    /// several own-GIL workers (see queue_invoke), and inputs that are not valid futures.
     template <class Commit, class... Args>
-    static void check_commit(const Pipeline& p) {
-        if constexpr (detail::is_python_object_v<std::invoke_result_t<Commit&&, Args&&...>>) {
+    static void check_arguments(const Pipeline& p, const Args&... args) {
+        using Committed = std::invoke_result_t<Commit&&, detail::passed_t<std::decay_t<Args>>...>;
+        if constexpr (detail::is_python_object_v<Committed>) {
             if (p.refuses_python_commits()) {
                 throw std::invalid_argument(
                     "pyscheduler: " + p.name() + " has " + std::to_string(p.options().workers) +
@@ -211,45 +259,96 @@ private:
                     "object in the Python function)");
             }
         }
+        if constexpr (detail::input_count_v<Args...> > 0) {
+            std::size_t position = 0;
+            auto check = [&](const auto& a) {
+                if constexpr (detail::is_input_v<std::decay_t<decltype(a)>>) {
+                    if (!a.valid()) {
+                        throw std::invalid_argument("pyscheduler: " + p.name() + ": argument " +
+                                                    std::to_string(position) +
+                                                    " is a future without a state (default-constructed, moved from, "
+                                                    "or already read with get())");
+                    }
+                }
+                ++position;
+            };
+            (check(args), ...);
+        }
+    }
+
+    /// Checks, reserves a queue slot (waiting for one when `wait`), builds the item
+    /// and queues it, or makes it wait for its inputs. Empty only when not `wait` and
+    /// the bounded queue is full.
+    template <class F, class Commit, class Callback, class... Args>
+    std::optional<F> queue(const ItemOptions& item, bool wait, Commit&& commit, Callback&& callback,
+                           Args&&... args) {
+        (detail::check_input<std::decay_t<Args>>(), ...);
+        static_assert(((!detail::is_future_v<std::decay_t<Args>> || !std::is_lvalue_reference_v<Args>) && ...),
+                      "pyscheduler: a pyscheduler::Future argument is moved into the item: pass std::move(f), or "
+                      "f.share() to use the result for several items");
+        auto& p = pipeline();
+        check_arguments<std::decay_t<Commit>, std::decay_t<Args>...>(p, args...);
+        if (!p.reserve_slot(wait)) return std::nullopt;
+        if (item.priority != 0) p.note_priority();
+        return enqueue<F>(p, item, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                          std::forward<Args>(args)...);
     }
 
     /// Builds the item (its queue slot already reserved) and queues it.
-    template <class R, class Commit, class Callback, class... Args>
-    future<R> enqueue(Pipeline& p, Commit&& commit, Callback&& callback, Args&&... args) {
+    template <class F, class Commit, class Callback, class... Args>
+    F enqueue(Pipeline& p, const ItemOptions& options, Commit&& commit, Callback&& callback, Args&&... args) {
+        using R = typename detail::Completion<F>::value_type;
         static_assert(!owns_python_references_v<R>,
                       "pyscheduler: queue_invoke: the callback returns a type that holds Python objects "
                       "(pybind11::object, a container of them...). The future hands it to a thread that does not "
                       "hold the GIL, where copying or destroying it corrupts reference counts. Convert it in the "
                       "callback (return r.cast<double>();), or return pyscheduler::GilSafe<...>(r), whose copy and "
                       "destructor take the GIL.");
-        static_assert(detail::is_supported_future_v<future<R>>,
+        static_assert(detail::is_supported_future_v<F>,
                       "pyscheduler: Policy::future<R> must be std::future<R> or pyscheduler::Future<R>");
-        std::pair<detail::TaskBase*, future<R>> item;
+        using TaskT = detail::Task<F, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>;
+        std::pair<TaskT*, F> item;
         try {
-            item = detail::make_task<future<R>, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
+            item = detail::make_task<F, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
                 std::forward<Commit>(commit), std::forward<Callback>(callback), std::forward<Args>(args)...);
         } catch (...) {
             p.unreserve_slot();
             throw;
         }
+        TaskT* task = item.first;
+        task->priority = options.priority;
         bool queued = false;
         std::exception_ptr error;
         try {
-            queued = p.submit(item.first);
+            if constexpr (TaskT::kInputs > 0) {
+                if (const std::uint64_t pending = task->pending_inputs()) {
+                    return wait_for_inputs(p, task, pending, std::move(item.second));
+                }
+            }
+            queued = p.submit(task);
         } catch (...) {
             error = std::current_exception();
         }
-        if (!queued) {  // completes here, so that nothing is lost; closures die under the GIL
-            p.unreserve_slot();
-            {
-                auto gil = p.first_interpreter().hold();
-                item.first->fail(error ? error : p.refused());
-                item.first->drop_closures();
-            }
-            item.first->complete();
+        if (!queued) {  // completes here, so that nothing is lost
+            p.complete_unqueued(task, error ? error : p.refused());
             if (error) std::rethrow_exception(error);
         }
         return std::move(item.second);
+    }
+
+    /// Lists the item as waiting and puts a Link on each input in `pending`; the last
+    /// input to arrive queues it. Throws only before anything was linked.
+    template <class F, class TaskT>
+    F wait_for_inputs(Pipeline& p, TaskT* task, std::uint64_t pending, F future) {
+        auto w = std::make_unique<detail::Waiting>(task, std::popcount(pending), &p.waiting());
+        if (!p.waiting().add(w.get())) {
+            p.complete_unqueued(task, p.refused());
+            return future;
+        }
+        detail::Waiting* const listed = w.release();  // from here on owned by its references
+        task->wait_for_inputs(pending, *listed);
+        listed->registered();  // from here on the item may run, complete and be freed
+        return future;
     }
 
     Pipeline& pipeline() const {

@@ -14,6 +14,15 @@ enum class InterpreterKind {
              ///< support (numpy...) cannot be imported there
 };
 
+/// Which of the items waiting to be committed a handler takes next, among those of
+/// equal priority (ItemOptions::priority; higher priorities always go first).
+enum class Order {
+    Fifo,  ///< oldest first (arrival order)
+    Lifo,  ///< newest first: in a task graph, the items made ready by the latest results
+           ///< run first, so final results appear early instead of after every
+           ///< intermediate one (smqsched's rule)
+};
+
 /// How an `InvokeHandler` batches and buffers work. Passed to
 /// `PyManager::loadPythonModule(module, function, options)`.
 struct HandlerOptions {
@@ -49,6 +58,23 @@ struct HandlerOptions {
     /// OwnGil: N sub-interpreters, each with its own GIL, its own import of the module
     /// and its own module globals; pure Python runs truly in parallel.
     std::size_t workers = 1;
+
+    /// Which waiting item is committed next among equal priorities. Reordering applies
+    /// to items not yet committed: items already committed into the prefetch ring (up to
+    /// batch_size * prefetch_depth * workers) run in ring order, so that many may run
+    /// before a newer or higher-priority item. Fifo with every priority 0 takes the
+    /// unordered fast path; Lifo or any nonzero priority makes the commit thread keep
+    /// its waiting items in a heap (log n per item).
+    Order order = Order::Fifo;
+};
+
+/// Per-item options: `InvokeHandler::submit(ItemOptions{...}, commit, callback, args...)`
+/// (and queue_invoke, try_queue_invoke).
+struct ItemOptions {
+    /// Higher first. Items of equal priority follow HandlerOptions::order. A priority
+    /// orders items of one handler only, and only those not yet committed (see
+    /// HandlerOptions::order).
+    int priority = 0;
 };
 
 /// What `InvokeHandler::shutdown` does with work that has not run yet.

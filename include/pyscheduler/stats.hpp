@@ -23,7 +23,9 @@ struct WorkerStats {
 struct QueueStats {
     std::size_t commit_queue_size = 0;   ///< queued items not yet committed
     std::size_t execute_queue_size = 0;  ///< committed items waiting for the executor
-    std::uint64_t total_enqueued = 0;    ///< items ever accepted by queue_invoke
+    std::size_t waiting = 0;             ///< items waiting for their inputs (futures passed as
+                                         ///< arguments), not yet queued
+    std::uint64_t total_enqueued = 0;    ///< items ever queued (a dependent item once its inputs are in)
     std::uint64_t completed = 0;         ///< futures fulfilled with a value
     std::uint64_t failed = 0;            ///< futures fulfilled with an exception
     double commit_batch_size_ema = 0;    ///< items per commit bulk

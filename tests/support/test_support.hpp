@@ -2,6 +2,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <pybind11/stl.h>
 #include <pyscheduler/pyscheduler.hpp>
 
@@ -71,6 +72,28 @@ template <class F>
 bool completes(F& f) {
     return f.wait_for(kNoHang) == std::future_status::ready;
 }
+
+/// A pipe whose read end a Python function (pyscheduler_test_own_gil.read_or_echo)
+/// blocks on (GIL released) until the test writes a byte: a batch that stays in
+/// Python exactly as long as the test wants.
+struct Pipe {
+    int fds[2] = {-1, -1};
+    Pipe() { EXPECT_EQ(::pipe(fds), 0); }
+    ~Pipe() {
+        release(1);  // never leave a batch blocked behind a failed assertion
+        ::close(fds[0]);
+        ::close(fds[1]);
+    }
+    int read_end() const { return fds[0]; }
+    void release(unsigned char byte) {
+        if (released_) return;
+        released_ = true;
+        EXPECT_EQ(::write(fds[1], &byte, 1), 1);
+    }
+
+private:
+    bool released_ = false;
+};
 
 /// What cancel_while_producers_race counted.
 struct RaceCounts {

@@ -15,7 +15,16 @@
 // briefly, yielding the core between polls, and then parks in the kernel
 // (idle_wait), so an idle handler costs no CPU.
 //
-// Shutdown: a null sentinel goes into the MPMC queue. The commit thread keeps
+// Ordering: with HandlerOptions::order Fifo and no item of nonzero priority, the
+// commit thread commits in dequeue order. Otherwise it keeps the items it dequeued
+// in a heap (priority, then arrival order or its reverse) and, each time the ring
+// has room, first dequeues whatever else has arrived, then commits the best ones.
+//
+// Dependencies (dependency.hpp): an item with inputs not yet ready waits in the
+// WaitRegistry, outside the queue; the thread that completes its last input queues it.
+//
+// Shutdown: waiting items are queued as their inputs arrive (Drain) or taken out and
+// failed with Cancelled (Cancel) first. Then a null sentinel goes into the MPMC queue. The commit thread keeps
 // dequeuing until it has taken every item enqueued before it (producers from other
 // threads may sit behind the sentinel), then pushes the sentinel into the ring. An
 // executor that reaches it leaves it in place and gives its count back to `ready_`,
@@ -39,6 +48,7 @@
 #include <vector>
 
 #include "pyscheduler/detail/config.hpp"
+#include "pyscheduler/detail/dependency.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/subinterpreter.hpp"
@@ -178,6 +188,7 @@ public:
           ring_(staged_capacity_ + 1),  // + 1: the shutdown sentinel never waits for room
           room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
           ready_(0, 0),
+          waiting_(&Pipeline::queue_ready, this),
           process_(process) {
         for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
         if (options.queue_capacity > 0) {
@@ -255,6 +266,27 @@ public:
         return true;
     }
 
+    /// Items whose inputs are not all ready (see dependency.hpp).
+    WaitRegistry& waiting() noexcept { return waiting_; }
+
+    /// Orders the commit thread's waiting items from now on (a nonzero ItemOptions::priority).
+    void note_priority() noexcept {
+        if (!prioritized_.load(std::memory_order_relaxed)) prioritized_.store(true, std::memory_order_relaxed);
+    }
+
+    /// Completes an item that will not go through the pipeline (refused, cancelled
+    /// while waiting for inputs) with `error`: drops its closures under the GIL of the
+    /// first worker's interpreter, gives its queue slot back and fulfils its future.
+    void complete_unqueued(TaskBase* task, std::exception_ptr error) noexcept {
+        unreserve_slot();
+        {
+            auto gil = first_interpreter().hold();
+            task->fail(std::move(error));
+            task->drop_closures();
+        }
+        task->complete();
+    }
+
     /// Stops the pipeline; idempotent, and safe while producers are still calling
     /// submit() (which then returns false). Drain: every queued item runs. Cancel:
     /// items not yet handed to Python fail with Cancelled; a batch already in Python
@@ -270,6 +302,23 @@ public:
         if (stopped_.load(std::memory_order_relaxed)) return;
         if (mode == ShutdownMode::Cancel) cancel_.store(true, std::memory_order_release);
         stopped_.store(true, std::memory_order_seq_cst);  // after cancel_: stopped() implies the mode is set
+        // Items waiting for inputs first: they are queued (Drain: this waits for inputs
+        // of other handlers) or failed, before the sentinel closes the queue.
+        if (mode == ShutdownMode::Drain) {
+            GilRelease unlocked;  // the inputs may need the GIL to complete
+            waiting_.close_and_wait();
+        } else {
+            std::vector<TaskBase*> taken;
+            {
+                GilRelease unlocked;
+                taken = waiting_.close_and_take();
+            }
+            for (TaskBase* t : taken) {
+                complete_unqueued(
+                    t, std::make_exception_ptr(Cancelled(
+                           name_ + ": cancelled by shutdown(ShutdownMode::Cancel) while waiting for its inputs")));
+            }
+        }
         // Producers that got past the stopped_ check are between two instructions of
         // submit(); wait for them, briefly, so that their items precede the sentinel.
         while (active_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
@@ -296,6 +345,7 @@ public:
         s.total_enqueued = enq;
         s.commit_queue_size = enq > deq ? static_cast<std::size_t>(enq - deq) : 0;
         s.execute_queue_size = staged > taken ? static_cast<std::size_t>(staged - taken) : 0;
+        s.waiting = waiting_.size();
         s.completed = completed_.load(std::memory_order_relaxed);
         s.failed = failed_.load(std::memory_order_relaxed);
         s.commit_batch_size_ema = commit_batch_ema_.load(std::memory_order_relaxed);
@@ -348,24 +398,45 @@ private:
 
     // --- commit thread -------------------------------------------------------
 
+    /// WaitRegistry's way in: an item whose last input just arrived, queued from the
+    /// thread that completed that input. Its slot was reserved when it was made, and a
+    /// draining shutdown waits for it before the sentinel, so it is never refused.
+    static void queue_ready(void* self, TaskBase* task) noexcept {
+        auto& p = *static_cast<Pipeline*>(self);
+        p.enqueued_.fetch_add(1, std::memory_order_relaxed);
+        if (!p.queue_.enqueue(task)) {  // out of memory for a queue block
+            p.enqueued_.fetch_sub(1, std::memory_order_relaxed);
+            p.complete_unqueued(task, std::make_exception_ptr(std::bad_alloc()));
+        }
+    }
+
     /// Waits for work first and for ring room second. An idle commit thread therefore
     /// parks on the queue, never on `room_`: when the executor takes an item from the
     /// ring, its room_.signal() finds no thread to wake, and the item's way into Python
     /// costs no futex wake-up (on 2 cores that wake-up added about a third to a round
     /// trip after an idle gap). Dequeued items count as waiting to be committed (stats,
     /// bounded queue) until they have room in the ring.
+    ///
+    /// Fifo without priorities commits in dequeue order, one bulk at a time. Otherwise
+    /// (Lifo, or once any item had a nonzero priority) dequeued items go into a heap,
+    /// and whenever there is room the best of them are committed, after everything that
+    /// arrived in the meantime has joined the heap.
     void commit_loop() {
         SubInterpreter* const sub = first_interpreter().sub();
         ThreadContext context(sub);
         IdleBudget<Policy> budget;  // of its waits for work (not for room: that wait is the executors' pace)
-        std::vector<TaskBase*> bulk(staged_capacity_);
+        std::vector<TaskBase*> bulk(std::max(staged_capacity_, kReorderBulk));
+        std::vector<TaskBase*> heap;  // reordering only
+        const bool lifo = options_.order == Order::Lifo;
+        std::uint64_t arrivals = 0;
+        auto before = [lifo](const TaskBase* a, const TaskBase* b) {  // heap order: true if a goes after b
+            if (a->priority != b->priority) return a->priority < b->priority;
+            return lifo ? a->order < b->order : a->order > b->order;
+        };
         bool stopping = false;
         std::uint64_t dequeued = 0;
-        for (;;) {
-            if (stopping && dequeued == enqueued_.load(std::memory_order_acquire)) break;
-            const std::size_t got =
-                idle_wait<Policy>([&] { return queue_.try_dequeue_bulk(bulk.data(), staged_capacity_); },
-                                  [&] { return queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_); }, &budget);
+        // Keeps the items of bulk[0, got), drops the sentinel; returns how many are left.
+        auto sift = [&](std::size_t got) {
             std::size_t n = 0;
             for (std::size_t i = 0; i < got; ++i) {
                 if (bulk[i] != nullptr) {
@@ -374,26 +445,83 @@ private:
                     stopping = true;
                 }
             }
-            for (std::size_t placed = 0; placed < n;) {
-                const auto room =
-                    static_cast<std::size_t>(idle_wait_many<Policy>(room_, static_cast<std::ptrdiff_t>(n - placed)));
-                dequeued += room;
-                dequeued_.store(dequeued, std::memory_order_relaxed);
-                if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(room));  // after the count: stats stay <= capacity
-                // Commit and hand over one batch at a time, so the executor can start on
-                // the first batch while later ones are still being committed.
-                for (std::size_t first = placed; first < placed + room; first += options_.batch_size) {
-                    const std::size_t count = std::min(options_.batch_size, placed + room - first);
-                    commit_chunk(sub, context, bulk.data() + first, count);
-                    for (std::size_t i = 0; i < count; ++i) ring_.push(bulk[first + i]);
-                    staged_.fetch_add(count, std::memory_order_relaxed);
-                    ready_.signal(static_cast<std::ptrdiff_t>(count));
-                }
-                placed += room;
+            return n;
+        };
+        auto into_heap = [&](std::size_t n) {
+            for (std::size_t i = 0; i < n; ++i) {
+                bulk[i]->order = arrivals++;
+                heap.push_back(bulk[i]);
+                std::push_heap(heap.begin(), heap.end(), before);
             }
+        };
+        auto wait_for_work = [&] {
+            return idle_wait<Policy>([&] { return queue_.try_dequeue_bulk(bulk.data(), staged_capacity_); },
+                                     [&] { return queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_); },
+                                     &budget);
+        };
+        // Everything queued now joins the heap (bounded, so that producers faster than
+        // this thread cannot keep it from committing).
+        auto drain_into_heap = [&] {
+            for (int round = 0; round < kDrainRounds; ++round) {
+                const std::size_t got = queue_.try_dequeue_bulk(bulk.data(), bulk.size());
+                into_heap(sift(got));
+                if (got < bulk.size()) break;
+            }
+        };
+        for (;;) {
+            if (stopping && heap.empty() && dequeued == enqueued_.load(std::memory_order_acquire)) break;
+            if (!heap.empty()) {
+                drain_into_heap();
+            } else {
+                const std::size_t n = sift(wait_for_work());
+                // Read after the dequeue: an item's priority flag is set before it is queued.
+                if (!lifo && !prioritized_.load(std::memory_order_relaxed)) {
+                    for (std::size_t placed = 0; placed < n;) {
+                        const auto room = static_cast<std::size_t>(
+                            idle_wait_many<Policy>(room_, static_cast<std::ptrdiff_t>(n - placed)));
+                        stage(sub, context, bulk.data() + placed, room, dequeued);
+                        placed += room;
+                    }
+                    continue;
+                }
+                into_heap(n);
+                if (heap.empty()) continue;
+            }
+            const auto room = static_cast<std::size_t>(idle_wait_many<Policy>(
+                room_, static_cast<std::ptrdiff_t>(std::min(heap.size(), staged_capacity_))));
+            drain_into_heap();  // what arrived while this thread waited for room competes too
+            for (std::size_t i = 0; i < room; ++i) {  // room <= heap.size(): the heap only grew
+                std::pop_heap(heap.begin(), heap.end(), before);
+                bulk[i] = heap.back();
+                heap.pop_back();
+            }
+            stage(sub, context, bulk.data(), room, dequeued);
         }
         ring_.push(nullptr);
         ready_.signal(1);
+    }
+
+    /// When reordering, items are dequeued in bulks of at least this many (the heap
+    /// should see every waiting item even when the ring is small), and at most
+    /// kDrainRounds bulks before each commit.
+    static constexpr std::size_t kReorderBulk = 1024;
+    static constexpr int kDrainRounds = 64;
+
+    /// Commits `count` items that have room in the ring and hands them over, one batch
+    /// at a time, so the executor can start on the first batch while later ones are
+    /// still being committed.
+    void stage(SubInterpreter* sub, ThreadContext& context, TaskBase** items, std::size_t count,
+               std::uint64_t& dequeued) {
+        dequeued += count;
+        dequeued_.store(dequeued, std::memory_order_relaxed);
+        if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(count));  // after the count: stats stay <= capacity
+        for (std::size_t first = 0; first < count; first += options_.batch_size) {
+            const std::size_t n = std::min(options_.batch_size, count - first);
+            commit_chunk(sub, context, items + first, n);
+            for (std::size_t i = 0; i < n; ++i) ring_.push(items[first + i]);
+            staged_.fetch_add(n, std::memory_order_relaxed);
+            ready_.signal(static_cast<std::ptrdiff_t>(n));
+        }
     }
 
     void commit_chunk(SubInterpreter* sub, ThreadContext& context, TaskBase** items, std::size_t n) {
@@ -656,6 +784,8 @@ private:
     PrefetchRing ring_;
     moodycamel::LightweightSemaphore room_;   // free ring slots
     moodycamel::LightweightSemaphore ready_;  // committed items in the ring
+    WaitRegistry waiting_;                    // items waiting for their inputs
+    std::atomic<bool> prioritized_{false};    // an item had a nonzero priority: the commit thread reorders
 
     alignas(64) std::atomic<std::uint64_t> enqueued_{0};  // producers
     alignas(64) std::atomic<std::uint64_t> dequeued_{0};  // commit thread

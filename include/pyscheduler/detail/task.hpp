@@ -36,7 +36,9 @@
 #include <utility>
 
 #include "pyscheduler/detail/config.hpp"
+#include "pyscheduler/detail/dependency.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/errors.hpp"
 #include "pyscheduler/future.hpp"
 #include "pyscheduler/gil_safe.hpp"
 
@@ -212,6 +214,8 @@ public:
     bool failed() const noexcept { return error != nullptr; }
 
     std::exception_ptr error;
+    int priority = 0;         // ItemOptions::priority
+    std::uint64_t order = 0;  // set by the commit thread when it reorders (arrival count)
 
 protected:
     ~TaskBase() = default;
@@ -248,7 +252,9 @@ class PYSCHEDULER_HIDDEN Task final : public TaskBase {
     using Head = typename Completion<F>::Head;
 
 public:
-    using Committed = std::invoke_result_t<Commit&&, Args&&...>;
+    using Committed = std::invoke_result_t<Commit&&, passed_t<Args>...>;
+    static constexpr std::size_t kInputs = input_count_v<Args...>;
+    static_assert(kInputs <= 64, "pyscheduler: at most 64 of an item's arguments may be futures");
     static_assert(!std::is_void_v<Committed>,
                   "pyscheduler: the commit function must return the value that is passed to Python");
     static_assert(!std::is_reference_v<Committed>,
@@ -272,11 +278,31 @@ public:
     bool commit_needs_gil() const noexcept override { return is_python_object_v<Committed>; }
 
     void commit(const std::string& where) noexcept override {
+        if constexpr (kInputs > 0) {
+            if (fail_on_failed_input(where)) return;
+        }
         try {
-            closures_->committed.emplace(std::apply(std::move(closures_->commit), std::move(closures_->args)));
+            closures_->committed.emplace(std::apply(
+                [this](Args&... a) { return std::invoke(std::move(closures_->commit), pass_argument(a)...); },
+                closures_->args));
         } catch (...) {
             fail(capture_exception("commit function of " + where));
         }
+    }
+
+    /// Bit i set: the i-th input (in argument order, counting inputs only) is not ready.
+    std::uint64_t pending_inputs() const noexcept {
+        std::uint64_t mask = 0;
+        std::size_t i = 0;
+        std::apply([&](const Args&... a) { (note_pending(a, mask, i), ...); }, closures_->args);
+        return mask;
+    }
+
+    /// Adds the Links of `w` (made with one per bit of `mask`) to those inputs.
+    void wait_for_inputs(std::uint64_t mask, Waiting& w) noexcept {
+        std::size_t i = 0;
+        std::size_t link = 0;
+        std::apply([&](const Args&... a) { (add_link(a, mask, i, link, w), ...); }, closures_->args);
     }
 
     py::object to_python() override {
@@ -332,6 +358,48 @@ public:
     }
 
 private:
+    template <class A>
+    static void note_pending(const A& a, std::uint64_t& mask, std::size_t& i) noexcept {
+        if constexpr (is_input_v<A>) {
+            if (!FutureAccess::state(a)->is_ready()) mask |= std::uint64_t{1} << i;
+            ++i;
+        }
+    }
+    template <class A>
+    static void add_link(const A& a, std::uint64_t mask, std::size_t& i, std::size_t& link, Waiting& w) noexcept {
+        if constexpr (is_input_v<A>) {
+            if (mask & (std::uint64_t{1} << i)) FutureAccess::state(a)->on_ready(w.link(link++));
+            ++i;
+        }
+    }
+
+    /// Commit thread: fails the item with DependencyFailed when an input failed.
+    bool fail_on_failed_input(const std::string& where) noexcept {
+        return std::apply(
+            [&](const Args&... a) {
+                std::size_t position = 0;
+                return (fail_if_failed(a, position++, where) || ...);
+            },
+            closures_->args);
+    }
+    template <class A>
+    bool fail_if_failed(const A& a, std::size_t position, const std::string& where) noexcept {
+        if constexpr (is_input_v<A>) {
+            const std::exception_ptr& e = FutureAccess::state(a)->error();
+            if (!e) return false;
+            try {
+                fail(std::make_exception_ptr(DependencyFailed(where + ": argument " + std::to_string(position) +
+                                                              " (an input) failed, so this item did not run: " +
+                                                              describe(e))));
+            } catch (...) {  // out of memory for the message
+                fail(std::current_exception());
+            }
+            return true;
+        } else {
+            return false;
+        }
+    }
+
     struct Closures {
         template <class C, class B>
         Closures(C&& c, B&& b, std::tuple<Args...>&& a)
@@ -350,7 +418,7 @@ private:
 /// Allocates one block, builds its head and the Task in it. Returns the task and its
 /// future (of type F).
 template <class F, class Commit, class Callback, class... Args, class C, class B, class... A>
-std::pair<TaskBase*, F> make_task(C&& commit, B&& callback, A&&... args) {
+std::pair<Task<F, Commit, Callback, Args...>*, F> make_task(C&& commit, B&& callback, A&&... args) {
     using TaskT = Task<F, Commit, Callback, Args...>;
     using Head = typename Completion<F>::Head;
     const std::size_t offset = TaskT::offset_in_block();
