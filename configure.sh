@@ -30,7 +30,8 @@ tests, runs an example, benchmarks or installs.
       --build           build after configuring (implied by --test, --run, --bench, --install)
       --test            build the tests and examples, and run them all with ctest
       --run NAME        build the examples and run examples/NAME
-      --bench           Release build of the benchmarks, run, printed as a table
+      --bench           Release build of the benchmarks, run, printed as a table (with --deps,
+                        also python/requirements-bench.txt: the comparisons' packages)
       --install         build and install the headers and CMake package files
 
 Examples:
@@ -122,6 +123,9 @@ python="$(command -v "$python" || echo "$python")"
 [[ "$python" == /* ]] || python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 if [[ $deps == 1 ]]; then
     "$here/tools/install-deps.sh" "$python"
+    if [[ $bench == 1 ]]; then
+        "$python" -m pip install --quiet --disable-pip-version-check -r "$here/python/requirements-bench.txt"
+    fi
 fi
 
 # --- configure ----------------------------------------------------------------
@@ -168,6 +172,8 @@ fi
 
 if [[ $bench == 1 ]]; then
     "$build_dir/tests/bench/pyscheduler_bench" --benchmark_counters_tabular=true
+    # Task graphs: dependencies between items, against a loop and Dask.
+    "$build_dir/tests/bench/pyscheduler_bench_graph" --benchmark_counters_tabular=true
     # The GPU pipeline (built where the CUDA toolkit is; reports a skip without a GPU).
     gpu_bench="$build_dir/tests/bench/pyscheduler_bench_gpu"
     if [[ -x "$gpu_bench" ]]; then "$gpu_bench" --benchmark_counters_tabular=true; fi
