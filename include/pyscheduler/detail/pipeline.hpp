@@ -426,12 +426,17 @@ private:
         ThreadContext context(sub);
         IdleBudget<Policy> budget;  // of its waits for work (not for room: that wait is the executors' pace)
         std::vector<TaskBase*> bulk(std::max(staged_capacity_, kReorderBulk));
-        std::vector<TaskBase*> heap;  // reordering only
+        struct Ranked {  // reordering only: an item, its priority and its arrival number
+            int priority;
+            std::uint64_t arrival;
+            TaskBase* task;
+        };
+        std::vector<Ranked> heap;
         const bool lifo = options_.order == Order::Lifo;
         std::uint64_t arrivals = 0;
-        auto before = [lifo](const TaskBase* a, const TaskBase* b) {  // heap order: true if a goes after b
-            if (a->priority != b->priority) return a->priority < b->priority;
-            return lifo ? a->order < b->order : a->order > b->order;
+        auto before = [lifo](const Ranked& a, const Ranked& b) {  // heap order: true if a goes after b
+            if (a.priority != b.priority) return a.priority < b.priority;
+            return lifo ? a.arrival < b.arrival : a.arrival > b.arrival;
         };
         bool stopping = false;
         std::uint64_t dequeued = 0;
@@ -449,8 +454,7 @@ private:
         };
         auto into_heap = [&](std::size_t n) {
             for (std::size_t i = 0; i < n; ++i) {
-                bulk[i]->order = arrivals++;
-                heap.push_back(bulk[i]);
+                heap.push_back({bulk[i]->priority, arrivals++, bulk[i]});
                 std::push_heap(heap.begin(), heap.end(), before);
             }
         };
@@ -492,7 +496,7 @@ private:
             drain_into_heap();  // what arrived while this thread waited for room competes too
             for (std::size_t i = 0; i < room; ++i) {  // room <= heap.size(): the heap only grew
                 std::pop_heap(heap.begin(), heap.end(), before);
-                bulk[i] = heap.back();
+                bulk[i] = heap.back().task;
                 heap.pop_back();
             }
             stage(sub, context, bulk.data(), room, dequeued);

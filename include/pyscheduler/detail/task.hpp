@@ -214,8 +214,7 @@ public:
     bool failed() const noexcept { return error != nullptr; }
 
     std::exception_ptr error;
-    int priority = 0;         // ItemOptions::priority
-    std::uint64_t order = 0;  // set by the commit thread when it reorders (arrival count)
+    int priority = 0;  // ItemOptions::priority
 
 protected:
     ~TaskBase() = default;
