@@ -77,6 +77,14 @@ public:
     std::exception_ptr clone() const override { return std::make_exception_ptr(Cancelled(std::string(what()))); }
 };
 
+/// The item's deadline (ItemOptions::deadline or HandlerOptions::queue_timeout) passed
+/// before it reached Python; it did not run.
+class Timeout : public Error {
+public:
+    using Error::Error;
+    std::exception_ptr clone() const override { return std::make_exception_ptr(Timeout(std::string(what()))); }
+};
+
 /// An input of the item (a Future or SharedFuture passed as one of its arguments)
 /// failed or was cancelled, so the item did not run. `what()` names the handler, the
 /// argument and the input's own error (itself a DependencyFailed when the failure came

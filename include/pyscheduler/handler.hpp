@@ -226,6 +226,16 @@ public:
     /// std::logic_error when called from the handler's own commit function or callback.
     void shutdown(ShutdownMode mode = ShutdownMode::Drain) { pipeline().shutdown(mode); }
 
+    /// Stops new batches from starting: a batch already in Python finishes, committed
+    /// items wait in the prefetch ring (or with the executor that took them), producers
+    /// keep queueing (a bounded queue still pushes back), and the executors park (no
+    /// CPU). resume() picks up without losing or re-running anything. Synchronous
+    /// invoke is not affected. shutdown() resumes a paused handler (Drain runs what is
+    /// queued, Cancel fails it). Idempotent; any thread.
+    void pause() { pipeline().pause(); }
+    void resume() { pipeline().resume(); }
+    bool is_paused() const { return pipeline().paused(); }
+
     /// True once shutdown() has begun: new items are refused (their futures fail with
     /// Cancelled).
     bool is_shut_down() const { return pipeline().stopped(); }
@@ -317,6 +327,7 @@ private:
         }
         TaskT* task = item.first;
         task->priority = options.priority;
+        task->deadline = options.deadline;
         bool queued = false;
         std::exception_ptr error;
         try {

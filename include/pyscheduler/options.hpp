@@ -66,6 +66,11 @@ struct HandlerOptions {
     /// unordered fast path; Lifo or any nonzero priority makes the commit thread keep
     /// its waiting items in a heap (log n per item).
     Order order = Order::Fifo;
+
+    /// Zero: none. Otherwise an item not handed to Python within this time of being
+    /// queued fails with pyscheduler::Timeout instead of running (a dependent item's
+    /// time counts from when its inputs were all in). See ItemOptions::deadline.
+    std::chrono::microseconds queue_timeout{0};
 };
 
 /// Per-item options: `InvokeHandler::submit(ItemOptions{...}, commit, callback, args...)`
@@ -75,6 +80,14 @@ struct ItemOptions {
     /// orders items of one handler only, and only those not yet committed (see
     /// HandlerOptions::order).
     int priority = 0;
+
+    /// An item still waiting when its deadline passes fails with pyscheduler::Timeout
+    /// instead of reaching Python. The handler checks when the commit thread takes the
+    /// item and again when an executor takes it from the prefetch ring, so the future
+    /// fails at the first of those after the deadline (not at the deadline itself); an
+    /// item already in Python runs to the end. The default is no deadline. With
+    /// HandlerOptions::queue_timeout as well, the earlier of the two applies.
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
 /// What `InvokeHandler::shutdown` does with work that has not run yet.

@@ -28,6 +28,7 @@ struct QueueStats {
     std::uint64_t total_enqueued = 0;    ///< items ever queued (a dependent item once its inputs are in)
     std::uint64_t completed = 0;         ///< futures fulfilled with a value
     std::uint64_t failed = 0;            ///< futures fulfilled with an exception
+    std::uint64_t timed_out = 0;         ///< of those, items whose deadline passed before they ran
     double commit_batch_size_ema = 0;    ///< items per commit bulk
     double execute_batch_size_ema = 0;   ///< items per Python call
     double commit_ns_per_batch_ema = 0;  ///< wall time of one commit bulk

@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -258,6 +259,7 @@ public:
             ~Leave() { active.fetch_sub(1, std::memory_order_release); }
         } leave{active_};
         if (stopped_.load(std::memory_order_seq_cst)) return false;
+        start_queue_timeout(task);
         enqueued_.fetch_add(1, std::memory_order_relaxed);
         if (!queue_.enqueue(task)) {
             enqueued_.fetch_sub(1, std::memory_order_relaxed);
@@ -265,6 +267,22 @@ public:
         }
         return true;
     }
+
+    /// While paused no batch starts: executors hold what they took until resume(); the
+    /// commit thread keeps staging until the ring is full, and producers keep queueing.
+    /// After shutdown() has begun it does nothing: a draining handler must not park.
+    void pause() {
+        std::lock_guard<std::mutex> lock(pause_mutex_);  // orders it with shutdown()'s resume()
+        if (!stopped_.load(std::memory_order_seq_cst)) paused_.store(true, std::memory_order_release);
+    }
+    void resume() {
+        {
+            std::lock_guard<std::mutex> lock(pause_mutex_);
+            paused_.store(false, std::memory_order_release);
+        }
+        pause_cv_.notify_all();
+    }
+    bool paused() const noexcept { return paused_.load(std::memory_order_acquire); }
 
     /// Items whose inputs are not all ready (see dependency.hpp).
     WaitRegistry& waiting() noexcept { return waiting_; }
@@ -302,6 +320,7 @@ public:
         if (stopped_.load(std::memory_order_relaxed)) return;
         if (mode == ShutdownMode::Cancel) cancel_.store(true, std::memory_order_release);
         stopped_.store(true, std::memory_order_seq_cst);  // after cancel_: stopped() implies the mode is set
+        resume();  // a paused handler drains or cancels like any other
         // Items waiting for inputs first: they are queued (Drain: this waits for inputs
         // of other handlers) or failed, before the sentinel closes the queue.
         if (mode == ShutdownMode::Drain) {
@@ -348,6 +367,7 @@ public:
         s.waiting = waiting_.size();
         s.completed = completed_.load(std::memory_order_relaxed);
         s.failed = failed_.load(std::memory_order_relaxed);
+        s.timed_out = timed_out_.load(std::memory_order_relaxed);
         s.commit_batch_size_ema = commit_batch_ema_.load(std::memory_order_relaxed);
         s.execute_batch_size_ema = execute_batch_ema_.load(std::memory_order_relaxed);
         s.commit_ns_per_batch_ema = commit_ns_ema_.load(std::memory_order_relaxed);
@@ -398,11 +418,19 @@ private:
 
     // --- commit thread -------------------------------------------------------
 
+    /// HandlerOptions::queue_timeout starts when the item is queued.
+    void start_queue_timeout(TaskBase* task) const noexcept {
+        if (options_.queue_timeout.count() > 0) {
+            task->deadline = std::min(task->deadline, std::chrono::steady_clock::now() + options_.queue_timeout);
+        }
+    }
+
     /// WaitRegistry's way in: an item whose last input just arrived, queued from the
     /// thread that completed that input. Its slot was reserved when it was made, and a
     /// draining shutdown waits for it before the sentinel, so it is never refused.
     static void queue_ready(void* self, TaskBase* task) noexcept {
         auto& p = *static_cast<Pipeline*>(self);
+        p.start_queue_timeout(task);
         p.enqueued_.fetch_add(1, std::memory_order_relaxed);
         if (!p.queue_.enqueue(task)) {  // out of memory for a queue block
             p.enqueued_.fetch_sub(1, std::memory_order_relaxed);
@@ -534,8 +562,10 @@ private:
             for (std::size_t i = 0; i < n; ++i) items[i]->fail(cancelled());
             return;
         }
+        expire(items, n, "while it waited to be committed");
         bool needs_gil = false;
         for (std::size_t i = 0; i < n; ++i) {
+            if (items[i]->failed()) continue;
             if (items[i]->commit_needs_gil()) {
                 needs_gil = true;
             } else {
@@ -545,7 +575,7 @@ private:
         if (needs_gil) {  // one GIL hold for every Python-object commit of the chunk
             InterpreterHold gil(sub, &context);
             for (std::size_t i = 0; i < n; ++i) {
-                if (items[i]->commit_needs_gil()) items[i]->commit(name_);
+                if (!items[i]->failed() && items[i]->commit_needs_gil()) items[i]->commit(name_);
             }
         }
         record(commit_batch_ema_, commit_ns_ema_, n, start);
@@ -620,13 +650,47 @@ private:
             }
             if (unreturned >= return_at || stop) give_back_room();
             taken_.fetch_add(m, std::memory_order_relaxed);
+            if (m > 0 && paused_.load(std::memory_order_acquire)) {  // hold the batch until resume()
+                give_back_room();
+                wait_while_paused();
+            }
             if (cancel_.load(std::memory_order_acquire)) {
                 for (std::size_t i = 0; i < m; ++i) {
                     if (!batch[i]->failed()) batch[i]->fail(cancelled());
                 }
             }
+            expire(batch.data(), m, "in the prefetch ring");
             if (m > 0) run_batch(worker, context, batch.data(), m);
         }
+    }
+
+    /// Fails the items whose deadline has passed with Timeout (the clock is read once,
+    /// and only when an item has a deadline).
+    void expire(TaskBase** items, std::size_t n, const char* where) {
+        std::chrono::steady_clock::time_point now{};
+        bool read = false;
+        for (std::size_t i = 0; i < n; ++i) {
+            TaskBase* t = items[i];
+            if (t->deadline == std::chrono::steady_clock::time_point::max() || t->failed()) continue;
+            if (!read) {
+                now = std::chrono::steady_clock::now();
+                read = true;
+            }
+            if (now < t->deadline) continue;
+            timed_out_.fetch_add(1, std::memory_order_relaxed);
+            try {
+                t->fail(std::make_exception_ptr(
+                    Timeout(name_ + ": the item's deadline passed " + where + "; it did not run")));
+            } catch (...) {
+                t->fail(std::current_exception());
+            }
+        }
+    }
+
+    /// Executor: parks until resume() or shutdown().
+    void wait_while_paused() {
+        std::unique_lock<std::mutex> lock(pause_mutex_);
+        pause_cv_.wait(lock, [&] { return !paused_.load(std::memory_order_acquire); });
     }
 
     /// Items accepted by submit() and not yet in the ring (queued, or being committed).
@@ -801,6 +865,7 @@ private:
     std::atomic<std::size_t> next_invoke_{0};           // round robin of synchronous invokes
     std::atomic<std::uint64_t> completed_{0};
     std::atomic<std::uint64_t> failed_{0};
+    std::atomic<std::uint64_t> timed_out_{0};
     std::atomic<double> execute_batch_ema_{0};
     std::atomic<double> execute_ns_ema_{0};
 
@@ -808,6 +873,9 @@ private:
     std::atomic<bool> stopped_{false};
     std::atomic<bool> cancel_{false};
     std::mutex shutdown_mutex_;
+    std::atomic<bool> paused_{false};
+    std::mutex pause_mutex_;  // with pause_cv_: paused executors park
+    std::condition_variable pause_cv_;
 
     ProcessState& process_;
     std::thread commit_thread_;

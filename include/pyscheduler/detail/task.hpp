@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -215,6 +216,7 @@ public:
 
     std::exception_ptr error;
     int priority = 0;  // ItemOptions::priority
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // none
 
 protected:
     ~TaskBase() = default;
