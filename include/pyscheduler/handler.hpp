@@ -10,6 +10,7 @@
 
 #include <bit>
 #include <concepts>
+#include <ranges>
 #include <functional>
 #include <future>
 #include <memory>
@@ -26,6 +27,7 @@
 #include "pyscheduler/detail/task.hpp"
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/gil_safe.hpp"
+#include "pyscheduler/group.hpp"
 #include "pyscheduler/options.hpp"
 #include "pyscheduler/policy.hpp"
 #include "pyscheduler/stats.hpp"
@@ -226,6 +228,35 @@ public:
     /// std::logic_error when called from the handler's own commit function or callback.
     void shutdown(ShutdownMode mode = ShutdownMode::Drain) { pipeline().shutdown(mode); }
 
+    /// Queues one item per element of `inputs` (each element the item's one argument,
+    /// passed to a copy of `commit`; SharedFuture elements are inputs), all in one
+    /// new Group: the futures in input order, and the group for progress, waiting,
+    /// completion order and cancel. `item` applies to every item (its group is
+    /// replaced). The members join the group at once, so it finishes only with the last.
+    template <std::ranges::forward_range Range, class Commit, class Callback,
+              class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
+        requires Queueable<Commit&, Callback&, std::ranges::range_reference_t<const Range&>>
+    Mapped<R> map(const Range& inputs, Commit&& commit, Callback&& callback, ItemOptions item = {}) {
+        Mapped<R> m;
+        item.group = nullptr;
+        const auto n = static_cast<std::size_t>(std::ranges::distance(inputs));
+        m.futures.reserve(n);
+        detail::GroupState* const state = m.group.state();
+        const std::uint32_t first = state->join(n);
+        Member member;
+        try {
+            for (const auto& x : inputs) {
+                member = {state, first + static_cast<std::uint32_t>(m.futures.size())};
+                m.futures.push_back(*queue<Future<R>>(item, member, true, commit, callback, x));
+            }
+        } catch (...) {
+            // The members never queued leave; one whose item was built completes (and reports) itself.
+            state->unjoin(n - m.futures.size() - (member.state ? 0 : 1));
+            throw;
+        }
+        return m;
+    }
+
     /// Stops new batches from starting: a batch already in Python finishes, committed
     /// items wait in the prefetch ring (or with the executor that took them), producers
     /// keep queueing (a bounded queue still pushes back), and the executors park (no
@@ -292,6 +323,22 @@ private:
     template <class F, class Commit, class Callback, class... Args>
     std::optional<F> queue(const ItemOptions& item, bool wait, Commit&& commit, Callback&& callback,
                            Args&&... args) {
+        Member none;
+        return queue<F>(item, none, wait, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                        std::forward<Args>(args)...);
+    }
+
+    /// A group membership taken before the item is built (map joins all its items at
+    /// once); empty: the item joins ItemOptions::group, if any, itself.
+    struct Member {
+        detail::GroupState* state = nullptr;
+        std::uint32_t index = 0;
+    };
+
+    /// `member` is emptied once an item owns it (it then reports to the group whatever happens).
+    template <class F, class Commit, class Callback, class... Args>
+    std::optional<F> queue(const ItemOptions& item, Member& member, bool wait, Commit&& commit, Callback&& callback,
+                           Args&&... args) {
         (detail::check_input<std::decay_t<Args>>(), ...);
         static_assert(((!detail::is_future_v<std::decay_t<Args>> || !std::is_lvalue_reference_v<Args>) && ...),
                       "pyscheduler: a pyscheduler::Future argument is moved into the item: pass std::move(f), or "
@@ -300,13 +347,14 @@ private:
         check_arguments<std::decay_t<Commit>, std::decay_t<Args>...>(p, args...);
         if (!p.reserve_slot(wait)) return std::nullopt;
         if (item.priority != 0) p.note_priority();
-        return enqueue<F>(p, item, std::forward<Commit>(commit), std::forward<Callback>(callback),
+        return enqueue<F>(p, item, member, std::forward<Commit>(commit), std::forward<Callback>(callback),
                           std::forward<Args>(args)...);
     }
 
     /// Builds the item (its queue slot already reserved) and queues it.
     template <class F, class Commit, class Callback, class... Args>
-    F enqueue(Pipeline& p, const ItemOptions& options, Commit&& commit, Callback&& callback, Args&&... args) {
+    F enqueue(Pipeline& p, const ItemOptions& options, Member& member, Commit&& commit, Callback&& callback,
+              Args&&... args) {
         using R = typename detail::Completion<F>::value_type;
         static_assert(!owns_python_references_v<R>,
                       "pyscheduler: queue_invoke: the callback returns a type that holds Python objects "
@@ -328,6 +376,16 @@ private:
         TaskT* task = item.first;
         task->priority = options.priority;
         task->deadline = options.deadline;
+        if (!member.state && options.group) {
+            try {
+                member = {options.group->state(), options.group->state()->join()};
+            } catch (...) {  // out of memory: the item was not queued
+                p.complete_unqueued(task, std::current_exception());
+                throw;
+            }
+        }
+        task->group = std::exchange(member.state, nullptr);
+        task->group_index = member.index;
         bool queued = false;
         std::exception_ptr error;
         try {

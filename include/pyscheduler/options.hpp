@@ -6,6 +6,8 @@
 
 namespace pyscheduler {
 
+class Group;  // pyscheduler/group.hpp
+
 /// Which interpreter a handler's Python function lives in.
 enum class InterpreterKind {
     Main,    ///< the process's main interpreter, shared by every Main handler (one GIL)
@@ -88,6 +90,10 @@ struct ItemOptions {
     /// item already in Python runs to the end. The default is no deadline. With
     /// HandlerOptions::queue_timeout as well, the earlier of the two applies.
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+
+    /// The item joins this group when it is queued (the group's state is shared: the
+    /// Group object may go before the item completes). See pyscheduler/group.hpp.
+    const Group* group = nullptr;
 };
 
 /// What `InvokeHandler::shutdown` does with work that has not run yet.

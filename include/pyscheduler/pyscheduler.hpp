@@ -13,6 +13,7 @@
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/future.hpp"
 #include "pyscheduler/gil_safe.hpp"
+#include "pyscheduler/group.hpp"
 #include "pyscheduler/handler.hpp"
 #include "pyscheduler/manager.hpp"
 #include "pyscheduler/options.hpp"

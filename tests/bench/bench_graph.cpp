@@ -1,5 +1,6 @@
-// Task-graph benchmarks: items that take other items' futures as arguments
-// (InvokeHandler::submit), against what users write today, measured in the same run.
+// Scheduling benchmarks: task graphs (items that take other items' futures as
+// arguments, InvokeHandler::submit) and groups (InvokeHandler::map), against what
+// users write today, measured in the same run.
 //
 //   ./configure.sh --bench        (Release build; runs this after pyscheduler_bench)
 #include <benchmark/benchmark.h>
@@ -251,6 +252,41 @@ void BM_EdgeFanOut(benchmark::State& state) {
     state.counters["x_plain"] = fan_s / plain_s;
 }
 BENCHMARK(BM_EdgeFanOut)->Iterations(5)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// --- groups -------------------------------------------------------------------------
+
+/// Issue #18: map over kItems small items (batch 256) against a loop of queue_invoke
+/// through the same handler, interleaved. x_loop = map / loop (target <= 1.1).
+/// Pause-to-quiescence and resume-to-first-batch are reported too.
+void BM_MapVsLoop(benchmark::State& state) {
+    constexpr int kItems = 1000000;
+    auto h = load("identity", options(256, 4));
+    std::vector<long> inputs(kItems);
+    for (int i = 0; i < kItems; ++i) inputs[static_cast<std::size_t>(i)] = i;
+    double map_s = 0, loop_s = 0;
+    for (auto _ : state) {
+        auto t0 = Clock::now();
+        {
+            std::vector<Future<long>> f;
+            f.reserve(kItems);
+            for (long x : inputs) f.push_back(h.submit([x] { return x; }, cast_long));
+            for (auto& x : f) benchmark::DoNotOptimize(x.get());
+        }
+        loop_s += seconds_since(t0);
+        t0 = Clock::now();
+        {
+            auto m = h.map(inputs, [](long x) { return x; }, cast_long);
+            m.group.wait();
+            for (auto& x : m.futures) benchmark::DoNotOptimize(x.get());
+        }
+        const double s = seconds_since(t0);
+        map_s += s;
+        state.SetIterationTime(s);
+    }
+    state.counters["map_items_per_s"] = kItems * static_cast<double>(state.iterations()) / map_s;
+    state.counters["x_loop"] = map_s / loop_s;
+}
+BENCHMARK(BM_MapVsLoop)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

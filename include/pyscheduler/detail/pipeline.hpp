@@ -664,14 +664,25 @@ private:
         }
     }
 
-    /// Fails the items whose deadline has passed with Timeout (the clock is read once,
-    /// and only when an item has a deadline).
+    /// Fails the items that are no longer wanted: Cancelled when their group was
+    /// cancelled, Timeout when their deadline has passed (the clock is read once, and
+    /// only when an item has a deadline).
     void expire(TaskBase** items, std::size_t n, const char* where) {
         std::chrono::steady_clock::time_point now{};
         bool read = false;
         for (std::size_t i = 0; i < n; ++i) {
             TaskBase* t = items[i];
-            if (t->deadline == std::chrono::steady_clock::time_point::max() || t->failed()) continue;
+            if (t->failed()) continue;
+            if (t->group && t->group->cancelled()) {
+                try {
+                    t->fail(std::make_exception_ptr(
+                        Cancelled(name_ + ": its group was cancelled before it reached Python")));
+                } catch (...) {
+                    t->fail(std::current_exception());
+                }
+                continue;
+            }
+            if (t->deadline == std::chrono::steady_clock::time_point::max()) continue;
             if (!read) {
                 now = std::chrono::steady_clock::now();
                 read = true;

@@ -42,6 +42,7 @@
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/future.hpp"
 #include "pyscheduler/gil_safe.hpp"
+#include "pyscheduler/group.hpp"
 
 namespace pyscheduler::detail {
 
@@ -215,8 +216,10 @@ public:
     bool failed() const noexcept { return error != nullptr; }
 
     std::exception_ptr error;
-    int priority = 0;  // ItemOptions::priority
+    int priority = 0;                // ItemOptions::priority
+    std::uint32_t group_index = 0;   // in `group`
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // none
+    GroupState* group = nullptr;     // ItemOptions::group's state, with a reference; told in complete()
 
 protected:
     ~TaskBase() = default;
@@ -245,6 +248,18 @@ struct ResultSlot<void> {
         completion.set_value();
     }
 };
+
+/// How a group member ended, from its error (none: a value).
+inline GroupState::Outcome outcome_of(const std::exception_ptr& error) noexcept {
+    if (!error) return GroupState::Outcome::Value;
+    try {
+        std::rethrow_exception(error);
+    } catch (const Cancelled&) {
+        return GroupState::Outcome::Cancelled;
+    } catch (...) {
+        return GroupState::Outcome::Failed;
+    }
+}
 
 /// One queued item whose result goes to a future of type F.
 template <class F, class Commit, class Callback, class... Args>
@@ -338,6 +353,8 @@ public:
     void drop_closures() noexcept override { closures_.reset(); }
 
     void complete() noexcept override {
+        GroupState* const group_state = group;
+        const auto outcome = group_state ? outcome_of(error) : GroupState::Outcome::Value;
         try {
             if (error) {
                 completion_.set_exception(std::move(error));  // the future holds the only reference
@@ -353,9 +370,11 @@ public:
             } catch (...) {
             }
         }
+        const std::uint32_t index = group_index;
         auto* head = reinterpret_cast<Head*>(reinterpret_cast<unsigned char*>(this) - offset_in_block());
         this->~Task();
         head->release();
+        if (group_state) group_state->member_done(index, outcome);  // after the future is fulfilled
     }
 
 private:
