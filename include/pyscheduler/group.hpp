@@ -81,32 +81,22 @@ public:
     bool cancelled() const noexcept { return cancelled_.load(std::memory_order_acquire); }
     void cancel() noexcept { cancelled_.store(true, std::memory_order_release); }
 
-    /// The member `index` completed (its future is fulfilled). Reports progress
-    /// (rate-limited; always once when the group finishes, and never after that
-    /// report), wakes the waiters, and drops the member's reference.
-    void member_done(std::uint32_t index, Outcome outcome) noexcept {
-        bool report = false;
-        bool wake = false;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            (outcome == Outcome::Value ? progress_.done
-             : outcome == Outcome::Failed ? progress_.failed
-                                          : progress_.cancelled)++;
-            completed_.push_back(index);  // room reserved in join(): cannot throw
-            if (on_progress_) {
-                const auto now = std::chrono::steady_clock::now();
-                if (progress_.finished() || now - last_report_ >= interval_) {
-                    last_report_ = now;
-                    report = true;
-                }
-            }
-            // A wake-up is a system call when a thread waits: only for the ones whose
-            // condition may now hold (next_completed: any completion; wait: the last).
-            wake = waiting_next_ > 0 || (waiting_all_ > 0 && progress_.finished());
+    /// What a completed member tells its group (state null: not a member).
+    struct Report {
+        GroupState* state = nullptr;
+        std::uint32_t index = 0;
+        Outcome outcome = Outcome::Value;
+    };
+
+    /// Members completed (their futures are fulfilled): each run of reports to one
+    /// group is taken under one lock (an executor reports a whole batch at once).
+    static void report(const Report* reports, std::size_t n) noexcept {
+        for (std::size_t first = 0; first < n;) {
+            std::size_t last = first + 1;
+            while (last < n && reports[last].state == reports[first].state) ++last;
+            if (reports[first].state) reports[first].state->members_done(reports + first, last - first);
+            first = last;
         }
-        if (report) deliver_progress();
-        if (wake) changed_.notify_all();
-        release();
     }
 
     void set_on_progress(std::function<void(const GroupProgress&)> callback, std::chrono::milliseconds interval) {
@@ -144,6 +134,36 @@ public:
     }
 
 private:
+    /// Counts the members of `reports` (all of this group), reports progress
+    /// (rate-limited; always once when the group finishes, and never after that
+    /// report), wakes the waiters that may go on, and drops the members' references.
+    void members_done(const Report* reports, std::size_t n) noexcept {
+        bool report = false;
+        bool wake = false;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (std::size_t i = 0; i < n; ++i) {
+                (reports[i].outcome == Outcome::Value    ? progress_.done
+                 : reports[i].outcome == Outcome::Failed ? progress_.failed
+                                                         : progress_.cancelled)++;
+                completed_.push_back(reports[i].index);  // room reserved in join(): cannot throw
+            }
+            if (on_progress_) {
+                const auto now = std::chrono::steady_clock::now();
+                if (progress_.finished() || now - last_report_ >= interval_) {
+                    last_report_ = now;
+                    report = true;
+                }
+            }
+            // A wake-up is a system call when a thread waits: only for the ones whose
+            // condition may now hold (next_completed: any completion; wait: the last).
+            wake = waiting_next_ > 0 || (waiting_all_ > 0 && progress_.finished());
+        }
+        if (report) deliver_progress();
+        if (wake) changed_.notify_all();
+        if (refs_.fetch_sub(static_cast<int>(n), std::memory_order_acq_rel) == static_cast<int>(n)) delete this;
+    }
+
     /// Progress callbacks run one at a time, each with a fresh snapshot; the one that
     /// sees the group finished is the last (until more members join).
     void deliver_progress() noexcept {

@@ -302,7 +302,8 @@ public:
             task->fail(std::move(error));
             task->drop_closures();
         }
-        task->complete();
+        const GroupState::Report report = task->complete();
+        GroupState::report(&report, 1);
     }
 
     /// Stops the pipeline; idempotent, and safe while producers are still calling
@@ -589,6 +590,7 @@ private:
         const auto delay = options_.max_batch_delay;
         const bool shared_ring = workers_.size() > 1;
         std::vector<TaskBase*> batch(options_.batch_size);
+        std::vector<GroupState::Report> reports(options_.batch_size);  // what the batch's items tell their groups
         // Ring slots this worker has emptied but not yet given back (room_). Under load
         // the commit thread waits for room, so every give-back wakes it: a system call,
         // and a context switch that takes a core from a worker running Python. Slots go
@@ -660,7 +662,7 @@ private:
                 }
             }
             expire(batch.data(), m, "in the prefetch ring");
-            if (m > 0) run_batch(worker, context, batch.data(), m);
+            if (m > 0) run_batch(worker, context, batch.data(), reports.data(), m);
         }
     }
 
@@ -713,7 +715,8 @@ private:
     static constexpr int kTopUpYields = 8;
 
     /// One Python call for up to batch_size items; see TaskBase for the order of steps.
-    void run_batch(Worker& worker, ThreadContext& context, TaskBase** items, std::size_t n) {
+    void run_batch(Worker& worker, ThreadContext& context, TaskBase** items, GroupState::Report* reports,
+                   std::size_t n) {
         const auto start = now();
         {
             InterpreterHold gil(worker.interpreter.sub(), &context);
@@ -742,7 +745,8 @@ private:
         worker.items.fetch_add(n, std::memory_order_relaxed);
         const double ns = record(execute_batch_ema_, execute_ns_ema_, n, start);  // one clock read per batch
         worker.busy_ns.fetch_add(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
-        for (std::size_t i = 0; i < n; ++i) items[i]->complete();  // frees the item
+        for (std::size_t i = 0; i < n; ++i) reports[i] = items[i]->complete();  // frees the item
+        GroupState::report(reports, n);
     }
 
     /// GIL held. Calls the function on the batch and hands result i to item i.

@@ -196,7 +196,8 @@ struct Completion<Future<R>> {
 ///   to_python()         executor, GIL held (skipped once the item has failed)
 ///   deliver(result)     executor, GIL held (skipped once the item has failed)
 ///   drop_closures()     executor, GIL held: user closures may own Python objects
-///   complete()          executor, GIL released: fulfils the promise, frees the block
+///   complete()          executor, GIL released: fulfils the promise, frees the block,
+///                       and returns what to tell the item's group (GroupState::report)
 /// fail() may be called at any step; the item then skips to drop_closures().
 /// `where` ("module.function") only serves error messages.
 class TaskBase {
@@ -210,7 +211,7 @@ public:
     virtual py::object to_python() = 0;
     virtual void deliver(py::handle result, const std::string& where) noexcept = 0;
     virtual void drop_closures() noexcept = 0;
-    virtual void complete() noexcept = 0;
+    virtual GroupState::Report complete() noexcept = 0;
 
     void fail(std::exception_ptr e) noexcept { error = std::move(e); }
     bool failed() const noexcept { return error != nullptr; }
@@ -352,9 +353,8 @@ public:
 
     void drop_closures() noexcept override { closures_.reset(); }
 
-    void complete() noexcept override {
-        GroupState* const group_state = group;
-        const auto outcome = group_state ? outcome_of(error) : GroupState::Outcome::Value;
+    GroupState::Report complete() noexcept override {
+        const GroupState::Report report{group, group_index, group ? outcome_of(error) : GroupState::Outcome::Value};
         try {
             if (error) {
                 completion_.set_exception(std::move(error));  // the future holds the only reference
@@ -370,11 +370,10 @@ public:
             } catch (...) {
             }
         }
-        const std::uint32_t index = group_index;
         auto* head = reinterpret_cast<Head*>(reinterpret_cast<unsigned char*>(this) - offset_in_block());
         this->~Task();
         head->release();
-        if (group_state) group_state->member_done(index, outcome);  // after the future is fulfilled
+        return report;  // told after the future is fulfilled
     }
 
 private:
