@@ -219,6 +219,14 @@ TEST(Deadline, HandlerQueueTimeout) {
     EXPECT_EQ(fresh.get(), -4);
 }
 
+TEST(Deadline, QueueTimeoutIsChecked) {
+    HandlerOptions o;
+    o.queue_timeout = std::chrono::microseconds(-1);
+    EXPECT_NE(what_of<std::invalid_argument>([&] { load("identity", o); }).find("queue_timeout"), std::string::npos);
+    o.queue_timeout = std::chrono::hours(24 * 365 * 1000);
+    EXPECT_THROW(load("identity", o), std::invalid_argument);
+}
+
 // A dependent's deadline applies once its inputs are in: a failed-by-deadline input
 // fails its dependents with DependencyFailed naming the Timeout.
 TEST(Deadline, TimedOutInputFailsItsDependents) {

@@ -10,11 +10,11 @@
 
 #include <bit>
 #include <concepts>
-#include <ranges>
 #include <functional>
 #include <future>
 #include <memory>
 #include <optional>
+#include <ranges>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -171,7 +171,7 @@ public:
                                  std::forward<Args>(args)...);
     }
 
-    /// As above, with per-item options (priority).
+    /// As above, with per-item options (priority, deadline, group).
     template <class Commit, class Callback, class... Args,
               class R = std::invoke_result_t<std::decay_t<Callback>&&, pybind11::object>>
         requires Queueable<Commit, Callback, Args...>

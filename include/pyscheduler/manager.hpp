@@ -159,6 +159,9 @@ private:
         if (o.queue_capacity > static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max())) {
             throw std::invalid_argument("pyscheduler: HandlerOptions::queue_capacity is too large");
         }
+        if (o.queue_timeout.count() < 0 || o.queue_timeout > std::chrono::hours(24 * 365 * 100)) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::queue_timeout must be between 0 and a century");
+        }
         if (o.workers == 0) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must be at least 1");
         if (o.workers > 1024) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must not exceed 1024");
         if (o.batch_size * o.prefetch_depth > limit / o.workers) {

@@ -24,9 +24,10 @@
 // WaitRegistry, outside the queue; the thread that completes its last input queues it.
 //
 // Shutdown: waiting items are queued as their inputs arrive (Drain) or taken out and
-// failed with Cancelled (Cancel) first. Then a null sentinel goes into the MPMC queue. The commit thread keeps
-// dequeuing until it has taken every item enqueued before it (producers from other
-// threads may sit behind the sentinel), then pushes the sentinel into the ring. An
+// failed with Cancelled (Cancel) first. Then a null sentinel goes into the MPMC
+// queue. The commit thread keeps dequeuing until it has taken every item enqueued
+// before it (producers from other threads may sit behind the sentinel), then pushes
+// the sentinel into the ring. An
 // executor that reaches it leaves it in place and gives its count back to `ready_`,
 // so every worker finds it after everything ahead of it. Every item therefore
 // completes.
