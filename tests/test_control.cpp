@@ -122,6 +122,44 @@ TEST(Pause, SynchronousInvokeKeepsWorking) {
     h.resume();
 }
 
+// The manager's pause reaches every handler, of either policy, and handlers started
+// while it is on; its resume releases them all. A handler's own resume overrides it.
+TEST(Pause, ManagerPausesEveryHandler) {
+    auto a = load("identity", 4);
+    auto b = load<LightweightFuturePolicy>("double", 4);
+    python().pause();
+    EXPECT_TRUE(python().is_paused());
+    EXPECT_TRUE(python<LightweightFuturePolicy>().is_paused()) << "one switch for the process";
+    EXPECT_TRUE(a.is_paused());
+    EXPECT_TRUE(b.is_paused());
+    auto c = load("identity", 4);  // started while paused
+    EXPECT_TRUE(c.is_paused());
+    auto d = load("identity", 4);
+    d.resume();  // its own resume overrides the manager's pause
+    std::vector<std::future<int>> fa, fc;
+    std::vector<Future<int>> fb;
+    for (int i = 0; i < 100; ++i) {
+        fa.push_back(a.queue_invoke([i] { return i; }, cast_to<int>()));
+        fb.push_back(b.queue_invoke([i] { return i; }, cast_to<int>()));
+        fc.push_back(c.queue_invoke([i] { return i; }, cast_to<int>()));
+    }
+    auto fd = d.queue_invoke([] { return 7; }, cast_to<int>());
+    ASSERT_TRUE(completes(fd));
+    EXPECT_EQ(fd.get(), 7);
+    ASSERT_TRUE(eventually([&] { return a.get_queue_stats().execute_queue_size > 0; }));
+    EXPECT_EQ(a.get_queue_stats().completed + b.get_queue_stats().completed + c.get_queue_stats().completed, 0u);
+    python().resume();
+    EXPECT_FALSE(python().is_paused());
+    for (int i = 0; i < 100; ++i) {
+        ASSERT_TRUE(completes(fa[i]));
+        ASSERT_TRUE(completes(fb[i]));
+        ASSERT_TRUE(completes(fc[i]));
+        EXPECT_EQ(fa[i].get(), i);
+        EXPECT_EQ(fb[i].get(), 2 * i);
+        EXPECT_EQ(fc[i].get(), i);
+    }
+}
+
 // Pause and resume racing producers and each other: every item completes once.
 TEST(PauseStress, PauseResumeRacingProducers) {
     auto h = load("identity", 8, 2);

@@ -79,6 +79,21 @@ public:
             std::make_unique<detail::Pipeline<Policy>>(std::move(interpreters), name, options, *process_));
     }
 
+    /// Pauses every handler of the process (of every manager, and of every shared
+    /// library that includes pyscheduler), as InvokeHandler::pause() does, and every
+    /// handler started until resume(). resume() resumes them all, including handlers
+    /// paused on their own. A handler's own resume() overrides a manager's pause for it.
+    void pause() const { detail::pause_registry().set_all(true); }
+    void resume() const { detail::pause_registry().set_all(false); }
+    /// Whether the manager's pause is on.
+    bool is_paused() const {
+        auto& r = detail::pause_registry();
+        r.lock();
+        const bool on = r.paused;
+        r.unlock();
+        return on;
+    }
+
 private:
     /// `module.function`, checked to be callable; std::invalid_argument naming the
     /// Python error otherwise. The GIL of the interpreter to import in is held.

@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 #include <pyscheduler/pyscheduler.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace py = pybind11;
@@ -298,6 +300,46 @@ void BM_MapVsLoop(benchmark::State& state) {
     state.counters["x_loop"] = map_s / loop_s;
 }
 BENCHMARK(BM_MapVsLoop)->Iterations(4)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+/// Issue #18: pause and resume latencies on a handler kept busy (batch 1, items of
+/// about 20 us of pure Python, 2 workers sharing the GIL). Each round: pause() amid the
+/// stream; quiesce_us = from pause() to the last callback that ran before resume()
+/// (the batches already in Python finishing); 20 ms later resume(); resume_us = from
+/// resume() to the first callback after it. Medians over the rounds.
+void BM_PauseResume(benchmark::State& state) {
+    auto h = load("spin", options(1, 2, 2));
+    std::atomic<long long> last_ns{0};
+    const auto epoch = Clock::now();
+    auto stamp = [&](py::object o) {
+        last_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count());
+        return o.cast<long>();
+    };
+    auto ns_now = [&] { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count(); };
+    std::vector<double> quiesce_us, resume_us;
+    for (auto _ : state) {
+        std::vector<Future<long>> f;
+        for (int i = 0; i < 4000; ++i) f.push_back(h.submit([] { return 300; }, stamp));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the stream is flowing
+        const long long paused_at = ns_now();
+        h.pause();
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // measurement window
+        quiesce_us.push_back(static_cast<double>(std::max(0LL, last_ns.load() - paused_at)) / 1000);
+        const long long resumed_at = ns_now();
+        h.resume();
+        while (last_ns.load() < resumed_at) std::this_thread::yield();
+        resume_us.push_back(static_cast<double>(last_ns.load() - resumed_at) / 1000);
+        for (auto& x : f) benchmark::DoNotOptimize(x.get());
+    }
+    auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    state.counters["quiesce_us_p50"] = median(quiesce_us);
+    state.counters["quiesce_us_max"] = *std::max_element(quiesce_us.begin(), quiesce_us.end());
+    state.counters["resume_us_p50"] = median(resume_us);
+    state.counters["resume_us_max"] = *std::max_element(resume_us.begin(), resume_us.end());
+}
+BENCHMARK(BM_PauseResume)->Iterations(15)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -54,3 +54,8 @@ def gated(items):
 
 def open_gate():
     _gate.set()
+
+
+def spin(items):
+    """CPU-bound pure Python per item: sum of squares below n (BM_PauseResume)."""
+    return [sum(i * i for i in range(n)) for n in items]

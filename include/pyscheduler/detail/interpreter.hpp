@@ -18,6 +18,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/errors.hpp"
@@ -57,6 +58,82 @@ inline ProcessState* find_or_create_process_state() {
 inline std::atomic<ProcessState*>& cached_process_state() {
     static std::atomic<ProcessState*> cached{nullptr};
     return cached;
+}
+
+/// One handler's pause switch in the PauseRegistry.
+struct PauseNode {
+    PauseNode* prev = nullptr;
+    PauseNode* next = nullptr;
+    void* self = nullptr;
+    void (*set_paused)(void* self, bool paused) = nullptr;
+};
+
+/// Every handler of the process, for BasicPyManager::pause()/resume(). Stored in the
+/// interpreter like ProcessState, so that shared libraries which each include
+/// pyscheduler share it, and made of plain words (no standard-library types), so its
+/// layout is the same in every copy. A spin lock guards the list: taken when a handler
+/// starts or ends and by the manager's pause()/resume(), never on the data path.
+struct PauseRegistry {
+    std::atomic<bool> locked{false};
+    bool paused = false;  // the manager's switch: handlers that start while it is on start paused
+    PauseNode* head = nullptr;
+
+    void lock() noexcept {
+        while (locked.exchange(true, std::memory_order_acquire)) std::this_thread::yield();
+    }
+    void unlock() noexcept { locked.store(false, std::memory_order_release); }
+
+    /// Lists `node`; returns the manager's switch, for the handler to start with.
+    bool add(PauseNode* node) noexcept {
+        lock();
+        node->prev = nullptr;
+        node->next = head;
+        if (head) head->prev = node;
+        head = node;
+        const bool on = paused;
+        unlock();
+        return on;
+    }
+    void remove(PauseNode* node) noexcept {
+        lock();
+        if (node->prev) {
+            node->prev->next = node->next;
+        } else {
+            head = node->next;
+        }
+        if (node->next) node->next->prev = node->prev;
+        unlock();
+    }
+    /// Sets the manager's switch and every listed handler's.
+    void set_all(bool on) noexcept {
+        lock();
+        paused = on;
+        for (PauseNode* n = head; n != nullptr; n = n->next) n->set_paused(n->self, on);
+        unlock();
+    }
+};
+
+inline constexpr const char* kPauseRegistryKey = "pyscheduler.pause_registry.v1";
+
+/// The process's PauseRegistry (found in, or added to, the interpreter's dict once per
+/// copy of pyscheduler; the GIL is taken for that).
+inline PauseRegistry& pause_registry() {
+    static std::atomic<PauseRegistry*> cached{nullptr};
+    if (PauseRegistry* r = cached.load(std::memory_order_acquire)) return *r;
+    GilHold gil;
+    PyObject* dict = PyInterpreterState_GetDict(PyInterpreterState_Main());
+    if (dict == nullptr) throw std::runtime_error("pyscheduler: no interpreter state dict");
+    PauseRegistry* r = nullptr;
+    if (PyObject* cap = PyDict_GetItemString(dict, kPauseRegistryKey)) {  // borrowed
+        r = static_cast<PauseRegistry*>(PyCapsule_GetPointer(cap, kPauseRegistryKey));
+        if (r == nullptr) throw py::error_already_set();
+    } else {
+        r = new PauseRegistry();  // lives as long as the process, as ProcessState does
+        py::capsule capsule(r, kPauseRegistryKey);
+        if (PyDict_SetItemString(dict, kPauseRegistryKey, capsule.ptr()) != 0) throw py::error_already_set();
+    }
+    cached.store(r, std::memory_order_release);
+    return *r;
 }
 
 /// Registered with std::atexit by the copy of pyscheduler that initialized Python.

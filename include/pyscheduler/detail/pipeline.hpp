@@ -191,7 +191,8 @@ public:
           room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
           ready_(0, 0),
           waiting_(&Pipeline::queue_ready, this),
-          process_(process) {
+          process_(process),
+          pauses_(pause_registry()) {
         for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
         if (options.queue_capacity > 0) {
             free_slots_ = std::make_unique<moodycamel::LightweightSemaphore>(
@@ -207,6 +208,13 @@ public:
             process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
             throw;  // the workers' interpreters end with the members
         }
+        // The manager's pause switch: a handler started while it is on starts paused.
+        pause_node_.self = this;
+        pause_node_.set_paused = [](void* self, bool on) noexcept {
+            auto* p = static_cast<Pipeline*>(self);
+            on ? p->pause() : p->resume();
+        };
+        if (pauses_.add(&pause_node_)) pause();
     }
 
     Pipeline(const Pipeline&) = delete;
@@ -214,7 +222,10 @@ public:
 
     /// Drains (unless shut down already): returns once every queued item has completed.
     /// Then the workers' interpreters end (no thread state of ours is left in them).
-    ~Pipeline() { shutdown(ShutdownMode::Drain); }
+    ~Pipeline() {
+        shutdown(ShutdownMode::Drain);
+        pauses_.remove(&pause_node_);
+    }
 
     /// The interpreter of the commit thread (the first worker's): where items that
     /// were never queued drop their closures.
@@ -272,11 +283,11 @@ public:
     /// While paused no batch starts: executors hold what they took until resume(); the
     /// commit thread keeps staging until the ring is full, and producers keep queueing.
     /// After shutdown() has begun it does nothing: a draining handler must not park.
-    void pause() {
+    void pause() noexcept {
         std::lock_guard<std::mutex> lock(pause_mutex_);  // orders it with shutdown()'s resume()
         if (!stopped_.load(std::memory_order_seq_cst)) paused_.store(true, std::memory_order_release);
     }
-    void resume() {
+    void resume() noexcept {
         {
             std::lock_guard<std::mutex> lock(pause_mutex_);
             paused_.store(false, std::memory_order_release);
@@ -894,6 +905,8 @@ private:
     std::condition_variable pause_cv_;
 
     ProcessState& process_;
+    PauseRegistry& pauses_;  // the manager's pause()/resume() reach this handler through pause_node_
+    PauseNode pause_node_;
     std::thread commit_thread_;
 };
 
