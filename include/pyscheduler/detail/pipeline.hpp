@@ -575,7 +575,7 @@ private:
             for (std::size_t i = 0; i < n; ++i) items[i]->fail(cancelled());
             return;
         }
-        expire(items, n, "while it waited to be committed");
+        fail_unwanted(items, n, "while it waited to be committed");
         bool needs_gil = false;
         for (std::size_t i = 0; i < n; ++i) {
             if (items[i]->failed()) continue;
@@ -673,7 +673,7 @@ private:
                     if (!batch[i]->failed()) batch[i]->fail(cancelled());
                 }
             }
-            expire(batch.data(), m, "in the prefetch ring");
+            fail_unwanted(batch.data(), m, "in the prefetch ring");
             if (m > 0) run_batch(worker, context, batch.data(), reports.data(), m);
         }
     }
@@ -681,7 +681,7 @@ private:
     /// Fails the items that are no longer wanted: Cancelled when their group was
     /// cancelled, Timeout when their deadline has passed (the clock is read once, and
     /// only when an item has a deadline).
-    void expire(TaskBase** items, std::size_t n, const char* where) {
+    void fail_unwanted(TaskBase** items, std::size_t n, const char* where) {
         std::chrono::steady_clock::time_point now{};
         bool read = false;
         for (std::size_t i = 0; i < n; ++i) {
