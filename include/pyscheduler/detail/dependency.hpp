@@ -150,8 +150,10 @@ public:
     Continuation* link(std::size_t i) noexcept { return &links_[i].node; }
 
     /// Every Link is on its input: lets go of the registering thread's count (queuing
-    /// the item if every input is in already) and reference.
-    void registered() noexcept { input_ready(&registering_.node); }
+    /// the item if every input is in already) and reference. If a Cancel shutdown began
+    /// meanwhile, it left this item alone (its arguments were still being read), so the
+    /// item is failed here.
+    void registered() noexcept;
 
     /// Takes the item: non-null for the one caller that got it.
     TaskBase* claim() noexcept { return task_.exchange(nullptr, std::memory_order_acq_rel); }
@@ -172,16 +174,19 @@ private:
     WaitRegistry* const registry_;
     Waiting* prev_ = nullptr;  // registry list, under its mutex
     Waiting* next_ = nullptr;
+    bool linking_ = true;  // under the registry's mutex: Links are still being added
 };
 
 /// A handler's waiting items. Not copyable; lives in the pipeline.
 class WaitRegistry {
 public:
     /// `queue(context, task)` queues an item whose inputs are all in, even while the
-    /// handler is draining (the registry is emptied before the shutdown sentinel).
-    using QueueFn = void (*)(void* context, TaskBase* task) noexcept;
+    /// handler is draining (the registry is emptied before the shutdown sentinel);
+    /// `cancel(context, task)` fails and completes an item that Cancel took.
+    using TaskFn = void (*)(void* context, TaskBase* task) noexcept;
 
-    WaitRegistry(QueueFn queue, void* context) noexcept : queue_(queue), context_(context) {}
+    WaitRegistry(TaskFn queue, TaskFn cancel, void* context) noexcept
+        : queue_(queue), cancel_(cancel), context_(context) {}
     WaitRegistry(const WaitRegistry&) = delete;
     WaitRegistry& operator=(const WaitRegistry&) = delete;
 
@@ -210,14 +215,21 @@ public:
     }
 
     /// Shutdown, Cancel: refuses new items, takes every listed item that no input has
-    /// taken yet, waits until the others are queued, and returns the taken ones (for
-    /// the caller to fail). Their Links stay on their inputs and run, harmlessly, later.
+    /// taken yet, waits until the others are queued or failed, and returns the taken
+    /// ones (for the caller to fail). Their Links stay on their inputs and run,
+    /// harmlessly, later. An item whose Links are still being added is left to its
+    /// registering thread, which fails it when done (Waiting::registered).
     std::vector<TaskBase*> close_and_take() {
         std::vector<TaskBase*> taken;
         std::unique_lock<std::mutex> lock(mutex_);
         closed_ = true;
+        cancelling_ = true;
         for (Waiting* w = head_; w != nullptr;) {
             Waiting* next = w->next_;
+            if (w->linking_) {
+                w = next;
+                continue;
+            }
             if (TaskBase* t = w->claim()) {
                 taken.push_back(t);
                 unlink(w);
@@ -245,6 +257,25 @@ private:
         w->release();  // the registry's reference
     }
 
+    /// Waiting::registered(): the item's Links are all added. Under Cancel, the item is
+    /// failed now (the shutdown that skipped it waits for this).
+    void registration_done(Waiting* w) noexcept {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            w->linking_ = false;
+            if (!cancelling_) return;
+        }
+        TaskBase* t = w->claim();
+        if (!t) return;
+        cancel_(context_, t);  // before it leaves the list: the shutdown waits for it
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            unlink(w);
+            if (count_ == 0) emptied_.notify_all();
+        }
+        w->release();  // the registry's reference
+    }
+
     void unlink(Waiting* w) noexcept {  // mutex held
         if (w->prev_) {
             w->prev_->next_ = w->next_;
@@ -256,14 +287,21 @@ private:
         --count_;
     }
 
-    const QueueFn queue_;
+    const TaskFn queue_;
+    const TaskFn cancel_;
     void* const context_;
     mutable std::mutex mutex_;
     std::condition_variable emptied_;
     Waiting* head_ = nullptr;
     std::size_t count_ = 0;
     bool closed_ = false;
+    bool cancelling_ = false;  // closed by a Cancel shutdown
 };
+
+inline void Waiting::registered() noexcept {
+    registry_->registration_done(this);
+    input_ready(&registering_.node);
+}
 
 inline void Waiting::input_ready(Continuation* c) noexcept {
     Waiting* w = reinterpret_cast<Link*>(c)->owner;  // node is Link's first member

@@ -190,7 +190,7 @@ public:
           ring_(staged_capacity_ + 1),  // + 1: the shutdown sentinel never waits for room
           room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
           ready_(0, 0),
-          waiting_(&Pipeline::queue_ready, this),
+          waiting_(&Pipeline::queue_ready, &Pipeline::cancel_waiting, this),
           process_(process),
           pauses_(pause_registry()) {
         for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
@@ -345,11 +345,7 @@ public:
                 GilRelease unlocked;
                 taken = waiting_.close_and_take();
             }
-            for (TaskBase* t : taken) {
-                complete_unqueued(
-                    t, std::make_exception_ptr(Cancelled(
-                           name_ + ": cancelled by shutdown(ShutdownMode::Cancel) while waiting for its inputs")));
-            }
+            for (TaskBase* t : taken) cancel_waiting(this, t);
         }
         // Producers that got past the stopped_ check are between two instructions of
         // submit(); wait for them, briefly, so that their items precede the sentinel.
@@ -449,6 +445,19 @@ private:
             p.enqueued_.fetch_sub(1, std::memory_order_relaxed);
             p.complete_unqueued(task, std::make_exception_ptr(std::bad_alloc()));
         }
+    }
+
+    /// WaitRegistry's way out under shutdown(Cancel): an item that waited for inputs.
+    static void cancel_waiting(void* self, TaskBase* task) noexcept {
+        auto& p = *static_cast<Pipeline*>(self);
+        std::exception_ptr e;
+        try {
+            e = std::make_exception_ptr(
+                Cancelled(p.name_ + ": cancelled by shutdown(ShutdownMode::Cancel) while waiting for its inputs"));
+        } catch (...) {
+            e = std::current_exception();
+        }
+        p.complete_unqueued(task, std::move(e));
     }
 
     /// Waits for work first and for ring room second. An idle commit thread therefore
