@@ -12,17 +12,6 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
-/// Waits (yielding) until `done()`; false after kNoHang instead of hanging.
-template <class F>
-bool eventually(F done) {
-    const auto until = Steady::now() + kNoHang;
-    while (!done()) {
-        if (Steady::now() > until) return false;
-        std::this_thread::yield();
-    }
-    return true;
-}
-
 /// read_or_echo (pyscheduler_test_own_gil): a number >= 0 is a pipe to block on, a
 /// negative one comes back as it is.
 InvokeHandler load_blockable(HandlerOptions o = {}) {

@@ -20,17 +20,6 @@ InvokeHandler load_own_gil_module(const std::string& function, HandlerOptions o 
 
 auto pass = [](long v) { return v; };
 
-/// Waits (yielding) until `done()`; fails the test after kNoHang instead of hanging.
-template <class F>
-bool eventually(F done) {
-    const auto until = std::chrono::steady_clock::now() + kNoHang;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > until) return false;
-        std::this_thread::yield();
-    }
-    return true;
-}
-
 TEST(Dependencies, ChainAcrossHandlersPassesValues) {
     auto doubler = load("double");
     auto ident = load("identity");

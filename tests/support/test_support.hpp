@@ -67,6 +67,18 @@ std::string what_of(F&& f) {
 /// instead of blocking ctest until its timeout.
 inline constexpr auto kNoHang = std::chrono::seconds(60);
 
+/// Waits (yielding) until `done()` holds, a condition the code under test brings
+/// about; false after kNoHang instead of hanging.
+template <class F>
+bool eventually(F done) {
+    const auto until = std::chrono::steady_clock::now() + kNoHang;
+    while (!done()) {
+        if (std::chrono::steady_clock::now() > until) return false;
+        std::this_thread::yield();
+    }
+    return true;
+}
+
 /// For std::future and pyscheduler::Future alike.
 template <class F>
 bool completes(F& f) {
