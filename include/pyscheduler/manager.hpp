@@ -33,7 +33,7 @@ public:
     using policy_type = Policy;
 
     /// Starts or attaches to the interpreter. Safe to call from many threads at once.
-    BasicPyManager() : process_(&detail::ensure_interpreter()) {}
+    BasicPyManager() : process_(&detail::ensure_interpreter()), pauses_(&detail::pause_registry()) {}
 
     /// Appends `dir` to sys.path unless it is there already. `dir` is a path as the
     /// OS gives it (file-system encoding; undecodable bytes are kept, as os.fsdecode does).
@@ -76,21 +76,20 @@ public:
             for (std::size_t i = 0; i < options.workers; ++i) interpreters.emplace_back(nullptr, fn);
         }
         return InvokeHandler(
-            std::make_unique<detail::Pipeline<Policy>>(std::move(interpreters), name, options, *process_));
+            std::make_unique<detail::Pipeline<Policy>>(std::move(interpreters), name, options, *process_, *pauses_));
     }
 
     /// Pauses every handler of the process (of every manager, and of every shared
     /// library that includes pyscheduler), as InvokeHandler::pause() does, and every
     /// handler started until resume(). resume() resumes them all, including handlers
     /// paused on their own. A handler's own resume() overrides a manager's pause for it.
-    void pause() const { detail::pause_registry().set_all(true); }
-    void resume() const { detail::pause_registry().set_all(false); }
+    void pause() const { pauses_->set_all(true); }
+    void resume() const { pauses_->set_all(false); }
     /// Whether the manager's pause is on.
     bool is_paused() const {
-        auto& r = detail::pause_registry();
-        r.lock();
-        const bool on = r.paused;
-        r.unlock();
+        pauses_->lock();
+        const bool on = pauses_->paused;
+        pauses_->unlock();
         return on;
     }
 
@@ -186,6 +185,7 @@ private:
     }
 
     detail::ProcessState* process_;
+    detail::PauseRegistry* pauses_;  // looked up with the manager, so starting a handler takes no GIL for it
 };
 
 }  // namespace pyscheduler

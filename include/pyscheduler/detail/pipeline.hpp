@@ -183,7 +183,7 @@ public:
     /// pipeline ends the workers' sub-interpreters when it is destroyed. The caller
     /// may hold the main GIL, not a sub-interpreter's.
     Pipeline(std::vector<WorkerInterpreter> interpreters, std::string name, const HandlerOptions& options,
-             ProcessState& process)
+             ProcessState& process, PauseRegistry& pauses)
         : name_(std::move(name)),
           options_(options),
           staged_capacity_(options.batch_size * options.prefetch_depth * options.workers),
@@ -192,7 +192,7 @@ public:
           ready_(0, 0),
           waiting_(&Pipeline::queue_ready, &Pipeline::cancel_waiting, this),
           process_(process),
-          pauses_(pause_registry()) {
+          pauses_(pauses) {
         for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
         if (options.queue_capacity > 0) {
             free_slots_ = std::make_unique<moodycamel::LightweightSemaphore>(
