@@ -677,32 +677,30 @@ private:
                 give_back_room();
                 wait_while_paused();
             }
-            if (cancel_.load(std::memory_order_acquire)) {
-                for (std::size_t i = 0; i < m; ++i) {
-                    if (!batch[i]->failed()) batch[i]->fail(cancelled());
-                }
-            }
             fail_unwanted(batch.data(), m, "in the prefetch ring");
             if (m > 0) run_batch(worker, context, batch.data(), reports.data(), m);
         }
     }
 
-    /// Fails the items that are no longer wanted: Cancelled when their group was
-    /// cancelled, Timeout when their deadline has passed (the clock is read once, and
-    /// only when an item has a deadline).
+    /// Fails the items that are no longer wanted: Cancelled when the handler is being
+    /// cancelled (shutdown(Cancel)) or their group was cancelled, Timeout when their
+    /// deadline has passed (the clock is read once, and only when an item has a deadline).
     void fail_unwanted(TaskBase** items, std::size_t n, const char* where) {
+        const bool cancelling = cancel_.load(std::memory_order_acquire);
         std::chrono::steady_clock::time_point now{};
         bool read = false;
         for (std::size_t i = 0; i < n; ++i) {
             TaskBase* t = items[i];
             if (t->failed()) continue;
+            if (cancelling) {
+                t->fail_with([&] { return cancelled(); });
+                continue;
+            }
             if (t->group && t->group->cancelled()) {
-                try {
-                    t->fail(std::make_exception_ptr(
-                        Cancelled(name_ + ": its group was cancelled before it reached Python")));
-                } catch (...) {
-                    t->fail(std::current_exception());
-                }
+                t->fail_with([&] {
+                    return std::make_exception_ptr(
+                        Cancelled(name_ + ": its group was cancelled before it reached Python"));
+                });
                 continue;
             }
             if (t->deadline == std::chrono::steady_clock::time_point::max()) continue;
@@ -712,12 +710,10 @@ private:
             }
             if (now < t->deadline) continue;
             timed_out_.fetch_add(1, std::memory_order_relaxed);
-            try {
-                t->fail(std::make_exception_ptr(
-                    Timeout(name_ + ": the item's deadline passed " + where + "; it did not run")));
-            } catch (...) {
-                t->fail(std::current_exception());
-            }
+            t->fail_with([&] {
+                return std::make_exception_ptr(
+                    Timeout(name_ + ": the item's deadline passed " + where + "; it did not run"));
+            });
         }
     }
 

@@ -216,6 +216,17 @@ public:
     void fail(std::exception_ptr e) noexcept { error = std::move(e); }
     bool failed() const noexcept { return error != nullptr; }
 
+    /// fail() with the exception `make()` returns (one whose message is built now); if
+    /// building it throws (out of memory), with that exception instead.
+    template <class Make>
+    void fail_with(Make&& make) noexcept {
+        try {
+            fail(make());
+        } catch (...) {
+            fail(std::current_exception());
+        }
+    }
+
     std::exception_ptr error;
     int priority = 0;                // ItemOptions::priority
     std::uint32_t group_index = 0;   // in `group`
@@ -406,13 +417,11 @@ private:
         if constexpr (is_input_v<A>) {
             const std::exception_ptr& e = FutureAccess::state(a)->error();
             if (!e) return false;
-            try {
-                fail(std::make_exception_ptr(DependencyFailed(where + ": argument " + std::to_string(position) +
-                                                              " (an input) failed, so this item did not run: " +
-                                                              describe(e))));
-            } catch (...) {  // out of memory for the message
-                fail(std::current_exception());
-            }
+            fail_with([&] {
+                return std::make_exception_ptr(DependencyFailed(where + ": argument " + std::to_string(position) +
+                                                                " (an input) failed, so this item did not run: " +
+                                                                describe(e)));
+            });
             return true;
         } else {
             return false;
