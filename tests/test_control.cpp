@@ -12,12 +12,6 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
-/// read_or_echo (pyscheduler_test_own_gil): a number >= 0 is a pipe to block on, a
-/// negative one comes back as it is.
-InvokeHandler load_blockable(HandlerOptions o = {}) {
-    return python().loadPythonModule("pyscheduler_test_own_gil", "read_or_echo", o);
-}
-
 // Producers keep queueing while the handler is paused; nothing runs until resume(),
 // then every item runs exactly once.
 TEST(Pause, NothingStartsUntilResumeThenEverythingRunsOnce) {
@@ -174,7 +168,7 @@ TEST(PauseStress, PauseResumeRacingProducers) {
 // --- deadlines --------------------------------------------------------------------
 
 TEST(Deadline, PassedWhileQueuedFailsWithoutRunning) {
-    auto h = load_blockable();
+    auto h = load_own_gil_module("read_or_echo");
     Pipe pipe;
     auto blocker = h.queue_invoke([fd = pipe.read_end()] { return fd; }, cast_to<int>());
     std::atomic<int> callbacks{0};
@@ -196,7 +190,7 @@ TEST(Deadline, PassedWhileQueuedFailsWithoutRunning) {
 // Committed in time, the deadline passes while the item waits in the prefetch ring:
 // the executor fails it instead of passing it to Python.
 TEST(Deadline, PassedInThePrefetchRing) {
-    auto h = load_blockable();
+    auto h = load_own_gil_module("read_or_echo");
     Pipe pipe;
     auto blocker = h.queue_invoke([fd = pipe.read_end()] { return fd; }, cast_to<int>());
     const auto deadline = Steady::now() + std::chrono::seconds(1);
@@ -229,7 +223,7 @@ TEST(Deadline, NotReachedRunsNormally) {
 TEST(Deadline, HandlerQueueTimeout) {
     HandlerOptions o;
     o.queue_timeout = std::chrono::milliseconds(50);
-    auto h = load_blockable(o);
+    auto h = load_own_gil_module("read_or_echo", o);
     Pipe pipe;
     auto blocker = h.queue_invoke([fd = pipe.read_end()] { return fd; }, cast_to<int>());
     ASSERT_TRUE(eventually([&] { return h.get_queue_stats().execute_queue_size == 0 &&

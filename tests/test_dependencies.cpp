@@ -14,10 +14,6 @@
 namespace pyscheduler::test {
 namespace {
 
-InvokeHandler load_own_gil_module(const std::string& function, HandlerOptions o = {}) {
-    return python().loadPythonModule("pyscheduler_test_own_gil", function, o);
-}
-
 auto pass = [](long v) { return v; };
 
 TEST(Dependencies, ChainAcrossHandlersPassesValues) {

@@ -101,7 +101,7 @@ TEST(Group, ProgressCallbackIsRateLimited) {
 // queueing: all of its items fail with Cancelled without running, the other group's
 // items and the blocking item complete untouched.
 TEST(Group, CancelledGroupLeavesTheOtherGroupAlone) {
-    auto h = python().loadPythonModule("pyscheduler_test_own_gil", "read_or_echo", HandlerOptions{});
+    auto h = load_own_gil_module("read_or_echo");
     Pipe pipe;
     auto blocker = h.queue_invoke([fd = pipe.read_end()] { return fd; }, cast_to<int>());
     Group a, b;

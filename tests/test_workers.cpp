@@ -40,11 +40,6 @@ HandlerOptions pool(InterpreterKind kind, std::size_t workers, std::size_t batch
     return o;
 }
 
-/// A handler of pyscheduler_test_own_gil.<function> (pure Python: loads in either kind).
-InvokeHandler load_pool(const std::string& function, const HandlerOptions& options) {
-    return python().loadPythonModule("pyscheduler_test_own_gil", function, options);
-}
-
 class WorkersOfEachKind : public ::testing::TestWithParam<InterpreterKind> {};
 
 INSTANTIATE_TEST_SUITE_P(Kinds, WorkersOfEachKind,
@@ -69,7 +64,7 @@ TEST(Workers, OptionsAreChecked) {
 // queued behind it. A single executor could not: the batch would hold up the rest.
 TEST_P(WorkersOfEachKind, OneSlowBatchHoldsUpNothingThatAnotherWorkerCanRun) {
     PYSCHEDULER_REQUIRE_OWN_GIL(GetParam());
-    auto h = load_pool("read_or_echo", pool(GetParam(), 2));
+    auto h = load_own_gil_module("read_or_echo", pool(GetParam(), 2));
     Pipe pipe;
     auto slow = h.queue_invoke([fd = pipe.read_end()] { return fd; }, cast_to<int>());
     std::vector<std::future<int>> fast;
@@ -97,7 +92,7 @@ TEST_P(WorkersOfEachKind, DestructionDrainsEveryWorker) {
     PYSCHEDULER_REQUIRE_OWN_GIL(GetParam());
     std::vector<std::future<long>> futures;
     {
-        auto h = load_pool("squares", pool(GetParam(), 3, 4));
+        auto h = load_own_gil_module("squares", pool(GetParam(), 3, 4));
         for (int i = 0; i < 3000; ++i) futures.push_back(h.queue_invoke([i] { return i; }, cast_to<long>()));
     }
     for (int i = 0; i < 3000; ++i) {
@@ -110,7 +105,7 @@ TEST_P(WorkersOfEachKind, DestructionDrainsEveryWorker) {
 // keep serving.
 TEST_P(WorkersOfEachKind, AFailingBatchLeavesTheWorkersRunning) {
     PYSCHEDULER_REQUIRE_OWN_GIL(GetParam());
-    auto h = load_pool("fail_if_negative", pool(GetParam(), 2));
+    auto h = load_own_gil_module("fail_if_negative", pool(GetParam(), 2));
     std::vector<std::future<int>> futures;
     for (int i = 0; i < 300; ++i) {
         futures.push_back(h.queue_invoke([i] { return i % 3 == 0 ? -i - 1 : i; }, cast_to<int>()));
@@ -132,7 +127,7 @@ TEST_P(WorkersOfEachKind, AFailingBatchLeavesTheWorkersRunning) {
 
 TEST_P(WorkersOfEachKind, ShutdownCancelRacingProducersLosesNothing) {
     PYSCHEDULER_REQUIRE_OWN_GIL(GetParam());
-    auto h = load_pool("squares", pool(GetParam(), 3, 2));
+    auto h = load_own_gil_module("squares", pool(GetParam(), 3, 2));
     const RaceCounts r = cancel_while_producers_race(h, 2000, [](int i) { return static_cast<long>(i) * i; });
     EXPECT_EQ(r.wrong, 0);
     EXPECT_EQ(r.values + r.cancelled, 4 * 2000);
@@ -150,7 +145,7 @@ TEST_P(WorkersOfEachKind, FortyPoolHandlersCreatedAndDestroyedFromFourThreads) {
     for (int t = 0; t < 4; ++t) {
         threads.emplace_back([&, t] {
             for (int round = 0; round < 10; ++round) {
-                auto h = load_pool("squares", pool(GetParam(), 2, 2));
+                auto h = load_own_gil_module("squares", pool(GetParam(), 2, 2));
                 std::vector<std::future<long>> f;
                 for (int i = 0; i < 20; ++i) f.push_back(h.queue_invoke([i, t] { return i + t; }, cast_to<long>()));
                 for (int i = 0; i < 20; ++i) {
@@ -170,10 +165,10 @@ TEST_P(WorkersOfEachKind, FortyPoolHandlersCreatedAndDestroyedFromFourThreads) {
 // them as such.
 TEST(Workers, MainWorkersAreThreadsOfTheMainInterpreter) {
     auto id_main = python().loadPythonModule("pyscheduler_test_own_gil", "interpreter_id");
-    auto via = load_pool("interpreter_id", pool(InterpreterKind::Main, 2));
+    auto via = load_own_gil_module("interpreter_id", pool(InterpreterKind::Main, 2));
     EXPECT_EQ(via.invoke<long>(), id_main.invoke<long>()) << "invoke on a Main pool runs in the main interpreter";
     Pipe pipe;
-    auto blocker = load_pool("read_or_echo", pool(InterpreterKind::Main, 2));
+    auto blocker = load_own_gil_module("read_or_echo", pool(InterpreterKind::Main, 2));
     auto held = blocker.queue_invoke([fd = pipe.read_end()] { return fd; }, cast_to<int>());
     // While one worker of `blocker` is in Python, the other still serves items.
     EXPECT_EQ(blocker.queue_invoke([] { return -7; }, cast_to<int>()).get(), -7);
@@ -184,7 +179,7 @@ TEST(Workers, MainWorkersAreThreadsOfTheMainInterpreter) {
 TEST(Workers, EachOwnGilWorkerHasItsOwnInterpreterAndModuleState) {
     PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     constexpr std::size_t kWorkers = 3;
-    auto h = load_pool("bump_here", pool(InterpreterKind::OwnGil, kWorkers));
+    auto h = load_own_gil_module("bump_here", pool(InterpreterKind::OwnGil, kWorkers));
     std::vector<std::future<std::vector<long>>> futures;
     for (int i = 0; i < 300; ++i) futures.push_back(h.queue_invoke([] { return 0; }, cast_to<std::vector<long>>()));
     std::map<long, std::vector<long>> seen_by;  // interpreter id -> the counts its module returned
@@ -205,7 +200,7 @@ TEST(Workers, EachOwnGilWorkerHasItsOwnInterpreterAndModuleState) {
     EXPECT_EQ(total, 300u);
 
     // Synchronous invoke: each worker's interpreter in turn.
-    auto ids = load_pool("interpreter_id", pool(InterpreterKind::OwnGil, kWorkers));
+    auto ids = load_own_gil_module("interpreter_id", pool(InterpreterKind::OwnGil, kWorkers));
     std::vector<long> round;
     for (std::size_t i = 0; i < 2 * kWorkers; ++i) round.push_back(ids.invoke<long>());
     EXPECT_EQ(std::set<long>(round.begin(), round.end()).size(), kWorkers);
@@ -219,7 +214,7 @@ TEST(Workers, EachOwnGilWorkerHasItsOwnInterpreterAndModuleState) {
 
 TEST(Workers, OwnGilPoolRefusesCommitsThatReturnPythonObjects) {
     PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
-    auto h = load_pool("squares", pool(InterpreterKind::OwnGil, 2));
+    auto h = load_own_gil_module("squares", pool(InterpreterKind::OwnGil, 2));
     const std::string what =
         what_of<std::invalid_argument>([&] { h.queue_invoke([] { return py::int_(3); }, cast_to<long>()); });
     EXPECT_NE(what.find("2 own-GIL workers"), std::string::npos) << what;
@@ -228,7 +223,7 @@ TEST(Workers, OwnGilPoolRefusesCommitsThatReturnPythonObjects) {
     EXPECT_EQ(h.get_queue_stats().total_enqueued, 0u) << "refused before anything was queued";
     EXPECT_EQ(h.queue_invoke([] { return 3; }, cast_to<long>()).get(), 9);
 
-    auto single = load_pool("squares", pool(InterpreterKind::OwnGil, 1));
+    auto single = load_own_gil_module("squares", pool(InterpreterKind::OwnGil, 1));
     EXPECT_EQ(single.queue_invoke([] { return py::int_(4); }, cast_to<long>()).get(), 16)
         << "one own-GIL worker keeps Python-object commits (one interpreter)";
 }

@@ -42,6 +42,12 @@ BasicInvokeHandler<Policy> load(const std::string& function, const HandlerOption
     return python<Policy>().loadPythonModule("pyscheduler_test_funcs", function, options);
 }
 
+/// A handler of pyscheduler_test_own_gil.<function>: pure Python, so it loads in an
+/// own-GIL interpreter as well as in the main one (read_or_echo blocks on a Pipe).
+inline InvokeHandler load_own_gil_module(const std::string& function, const HandlerOptions& options = {}) {
+    return python().loadPythonModule("pyscheduler_test_own_gil", function, options);
+}
+
 /// Callback that casts the result to T.
 template <class T>
 auto cast_to() {
