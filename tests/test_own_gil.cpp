@@ -3,6 +3,8 @@
 // errors and drains, and many handlers created and destroyed. On 3.11 only the
 // refusal runs (the others skip).
 #include <atomic>
+#include <latch>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -88,6 +90,35 @@ TEST(OwnGil, SynchronousInvokeFromManyThreads) {
         });
     }
     for (auto& th : threads) th.join();
+    EXPECT_EQ(wrong.load(), 0);
+}
+
+// CPython <= 3.13.0 aborted ("init_threadstate: thread state already initialized")
+// when an interpreter's list of thread states went empty while one thread deleted a
+// state and another made one (gh-126914); SubInterpreter's anchor state prevents it.
+// The window is widest while a handler starts, before its threads hold their states:
+// every round here invokes from four threads the moment the handler exists.
+TEST(OwnGilStress, InvokesFromManyThreadsAsTheHandlerStarts) {
+    PYSCHEDULER_REQUIRE_OWN_GIL();
+    constexpr int kRounds = 60;
+    constexpr int kThreads = 4;
+    std::atomic<int> wrong{0};
+    for (int round = 0; round < kRounds; ++round) {
+        std::optional<InvokeHandler> square;
+        std::latch created(1);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&, t] {
+                created.wait();
+                for (long x = t; x < 40; x += kThreads) {
+                    if (square->invoke<long>(x) != x * x) ++wrong;
+                }
+            });
+        }
+        square.emplace(load_own("square"));
+        created.count_down();
+        for (auto& th : threads) th.join();
+    }
     EXPECT_EQ(wrong.load(), 0);
 }
 

@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <optional>
+#include <stdexcept>
 
 #include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/gil.hpp"
@@ -27,7 +28,43 @@ namespace py = pybind11;
 
 #ifdef PYSCHEDULER_HAS_OWN_GIL
 
-using SubInterpreter = py::subinterpreter;
+/// A sub-interpreter (py::subinterpreter) that keeps one idle "anchor" thread state
+/// from its creation to its end, so that its list of thread states is never empty
+/// while other threads come and go.
+///
+/// Why: CPython gives an interpreter's first thread state the memory preallocated in
+/// the interpreter (_initial_thread) whenever its list of thread states is empty, and
+/// up to 3.13.0 it resets that memory after unlinking it, outside the lock that
+/// guards the list (CPython gh-126914). With transient thread states (synchronous
+/// invoke from several threads) the list can go empty while one thread deletes the
+/// initial state and another creates one: the second aborts with "init_threadstate:
+/// thread state already initialized". pybind11 3 deletes its creation thread state on
+/// 3.13 (on 3.12 it keeps it, which anchors the list the same way). With the anchor
+/// in the list, every later thread state is allocated on its own.
+class PYSCHEDULER_HIDDEN SubInterpreter {
+public:
+    explicit SubInterpreter(const PyInterpreterConfig& config) : interpreter_(py::subinterpreter::create(config)) {
+        py::subinterpreter_scoped_activate in(interpreter_);  // the initial state, deleted at the end of the scope
+        anchor_ = PyThreadState_New(PyInterpreterState_Get());
+        if (anchor_ == nullptr) throw std::runtime_error("PyThreadState_New failed for a sub-interpreter");
+    }
+    SubInterpreter(const SubInterpreter&) = delete;
+    SubInterpreter& operator=(const SubInterpreter&) = delete;
+    ~SubInterpreter() {
+        {
+            py::subinterpreter_scoped_activate in(interpreter_);  // a transient state, not the anchor
+            PyThreadState_Clear(anchor_);
+            PyThreadState_Delete(anchor_);
+        }
+        // interpreter_ ends the interpreter now, with no thread state of ours left in it
+    }
+
+    const py::subinterpreter& get() const noexcept { return interpreter_; }
+
+private:
+    py::subinterpreter interpreter_;
+    PyThreadState* anchor_ = nullptr;
+};
 
 /// A new isolated sub-interpreter with its own GIL: Python threads allowed, fork/exec
 /// and daemon threads not, single-phase-init extension modules refused.
@@ -40,7 +77,7 @@ inline std::unique_ptr<SubInterpreter> create_own_gil_interpreter() {
     config.allow_daemon_threads = 0;
     config.check_multi_interp_extensions = 1;
     config.gil = PyInterpreterConfig_OWN_GIL;
-    return std::make_unique<SubInterpreter>(SubInterpreter::create(config));
+    return std::make_unique<SubInterpreter>(config);
 }
 
 /// One thread's persistent thread state in a pipeline's interpreter: nothing for the
@@ -52,7 +89,7 @@ public:
         if (sub == nullptr) {
             this_thread_state();
         } else {
-            state_.emplace(*sub);
+            state_.emplace(sub->get());
         }
     }
     py::subinterpreter_thread_state* state() noexcept { return state_ ? &*state_ : nullptr; }
@@ -72,7 +109,7 @@ public:
         } else if (context != nullptr && context->state() != nullptr) {
             sub_.emplace(*context->state());
         } else {
-            sub_.emplace(*sub);  // transient thread state
+            sub_.emplace(sub->get());  // transient thread state
         }
     }
     InterpreterHold(const InterpreterHold&) = delete;
