@@ -31,11 +31,27 @@
 #include "pyscheduler/options.hpp"
 #include "pyscheduler/policy.hpp"
 #include "pyscheduler/stats.hpp"
+#include "pyscheduler/stream.hpp"
 
 namespace pyscheduler {
 
 template <class Policy>
 class PYSCHEDULER_HIDDEN BasicPyManager;
+
+namespace detail {
+
+/// The callback of the item that starts a stream: on the executor, with the GIL
+/// held, hands the iterable to the stream and runs its first step.
+template <class Policy>
+struct PYSCHEDULER_HIDDEN StreamStarter {
+    std::shared_ptr<StreamBase> core;
+    Pipeline<Policy>* pipeline;
+    void operator()(pybind11::object iterable) const noexcept {
+        pipeline->after_step(core.get(), core->start(iterable, [p = pipeline] { return p->step_should_yield(); }));
+    }
+};
+
+}  // namespace detail
 
 /// What queue_invoke, try_queue_invoke and submit accept: a commit function callable
 /// with the arguments (each input future replaced by its value), and a callback
@@ -218,6 +234,53 @@ public:
     Future<R> submit(const ItemOptions& item, Commit&& commit, Callback&& callback, Args&&... args) {
         return *queue<Future<R>>(item, true, std::forward<Commit>(commit), std::forward<Callback>(callback),
                                  std::forward<Args>(args)...);
+    }
+
+    /// Queues one item whose Python result is an iterable (a generator, typically),
+    /// and returns its elements as a Stream<R>, each converted with pybind11::cast<R>
+    /// on the executor, as the generator produces them. The item is queued like any
+    /// other (commit function, inputs, options.item's priority, deadline and group);
+    /// the function, called with the batch, returns one iterable per item, and the
+    /// stream's first elements are produced at once. From then on the executor
+    /// advances the generator in steps that take turns with other items and streams,
+    /// never more than options.buffer elements ahead of the reader (see stream.hpp).
+    ///
+    /// Shutdown waits for open streams: Drain until each is read to its end or closed,
+    /// Cancel ends each with Cancelled (closing its generator). So close() or drop a
+    /// stream you stop reading before draining its handler. std::invalid_argument
+    /// for a buffer of 0, and on a handler with several own-GIL workers (a generator
+    /// cannot move between interpreters).
+    template <class R, class Commit, class... Args>
+        requires Queueable<Commit, detail::StreamStarter<Policy>, Args...>
+    Stream<R> stream(const StreamOptions& options, Commit&& commit, Args&&... args) {
+        auto& p = pipeline();
+        if (options.buffer == 0) throw std::invalid_argument("pyscheduler: StreamOptions::buffer must be at least 1");
+        if (p.refuses_streams()) {
+            throw std::invalid_argument("pyscheduler: " + p.name() + " has " + std::to_string(p.options().workers) +
+                                        " own-GIL workers, each in its own interpreter: streams need one "
+                                        "interpreter (workers = 1, or InterpreterKind::Main)");
+        }
+        auto core = std::make_shared<detail::StreamCore<R>>(options.buffer, p.name());
+        p.open_stream(core);
+        Future<void> started;
+        try {
+            started = *queue<Future<void>>(options.item, true, std::forward<Commit>(commit),
+                                           detail::StreamStarter<Policy>{core, &p}, std::forward<Args>(args)...);
+        } catch (...) {
+            core->end_unstarted(std::current_exception());
+            p.stream_ended(core.get());
+            throw;
+        }
+        detail::FutureState<void>* state = detail::FutureAccess::state(started);
+        state->on_ready(new detail::StreamStartWatch(core, &p, state));
+        return Stream<R>(std::move(core));
+    }
+
+    /// As above, with the default StreamOptions.
+    template <class R, class Commit, class... Args>
+        requires Queueable<Commit, detail::StreamStarter<Policy>, Args...>
+    Stream<R> stream(Commit&& commit, Args&&... args) {
+        return stream<R>(StreamOptions{}, std::forward<Commit>(commit), std::forward<Args>(args)...);
     }
 
     /// Stops the handler's threads. Drain runs everything queued (what the destructor

@@ -19,6 +19,7 @@
 #include "pyscheduler/options.hpp"
 #include "pyscheduler/policy.hpp"
 #include "pyscheduler/stats.hpp"
+#include "pyscheduler/stream.hpp"
 
 namespace pyscheduler {
 

@@ -46,6 +46,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -54,6 +55,7 @@
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/subinterpreter.hpp"
+#include "pyscheduler/stream.hpp"
 #include "pyscheduler/detail/task.hpp"
 #include "pyscheduler/errors.hpp"
 #include "pyscheduler/options.hpp"
@@ -174,7 +176,7 @@ private:
 };
 
 template <class Policy>
-class PYSCHEDULER_HIDDEN Pipeline {
+class PYSCHEDULER_HIDDEN Pipeline final : public StreamHost {
 public:
     using clock = typename Policy::clock;
 
@@ -242,6 +244,61 @@ public:
     /// own-GIL workers, an object made on the commit thread (in the first worker's
     /// interpreter) could be run by another worker, in another interpreter.
     bool refuses_python_commits() const noexcept { return several_interpreters(); }
+
+    /// Streams need one interpreter: a generator lives in the interpreter that made it,
+    /// and any worker may take a stream's next step.
+    bool refuses_streams() const noexcept { return several_interpreters(); }
+
+    // --- streams (stream.hpp) ------------------------------------------------
+
+    /// A new stream, before the item that starts it is queued: from here on the
+    /// pipeline keeps it alive, and shutdown waits for it, until stream_ended().
+    void open_stream(const std::shared_ptr<StreamBase>& s) {
+        s->set_host(this);
+        std::lock_guard<std::mutex> lock(streams_mutex_);
+        streams_.emplace(s.get(), s);
+    }
+
+    /// Queues a step behind whatever is queued. It needs no queue slot, and shutdown
+    /// waits for every stream to end before it closes the queue, so it is never refused.
+    void queue_step(StreamBase* s) noexcept override {
+        stream_steps_.fetch_add(1, std::memory_order_relaxed);
+        enqueued_.fetch_add(1, std::memory_order_relaxed);
+        if (!queue_.enqueue(s)) {  // out of memory for a queue block
+            enqueued_.fetch_sub(1, std::memory_order_relaxed);
+            stream_steps_.fetch_sub(1, std::memory_order_relaxed);
+            s->repark();
+        }
+    }
+
+    void stream_ended(StreamBase* s) noexcept override {
+        std::shared_ptr<StreamBase> last;  // released outside the lock
+        {
+            std::lock_guard<std::mutex> lock(streams_mutex_);
+            auto it = streams_.find(s);
+            if (it == streams_.end()) return;
+            last = std::move(it->second);
+            streams_.erase(it);
+            if (!streams_.empty()) return;
+        }
+        streams_cv_.notify_all();
+    }
+
+    /// Executor: what to do with a stream after one of its steps.
+    void after_step(StreamBase* s, StreamBase::After after) noexcept {
+        if (after == StreamBase::After::Requeue) {
+            queue_step(s);
+        } else if (after == StreamBase::After::Ended) {
+            stream_ended(s);
+        }
+    }
+
+    /// Executor: whether a stream's step should stop after its slice: other work is
+    /// waiting for this executor, or the handler is paused or being cancelled.
+    bool step_should_yield() const noexcept {
+        return ready_.availableApprox() > 0 || staging_pending() || paused_.load(std::memory_order_relaxed) ||
+               cancel_.load(std::memory_order_relaxed);
+    }
 
     /// Bounded queues: takes one of the queue's free slots, waiting for one (with the
     /// GIL released, if the caller held it) when `wait`; false when full and not
@@ -347,6 +404,17 @@ public:
             }
             for (TaskBase* t : taken) cancel_waiting(this, t);
         }
+        // Streams next: their steps go through the queue, so it stays open until every
+        // stream has ended (Drain: read to its end or closed by its consumer; Cancel:
+        // a parked stream gets a step, and every step fails with Cancelled).
+        {
+            GilRelease unlocked;  // the executors need the GIL to end them
+            std::unique_lock<std::mutex> streams(streams_mutex_);
+            if (mode == ShutdownMode::Cancel) {
+                for (auto& open : streams_) open.first->unpark();
+            }
+            streams_cv_.wait(streams, [&] { return streams_.empty(); });
+        }
         // Producers that got past the stopped_ check are between two instructions of
         // submit(); wait for them, briefly, so that their items precede the sentinel.
         while (active_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
@@ -370,7 +438,7 @@ public:
         const auto deq = dequeued_.load(std::memory_order_relaxed);
         const auto staged = staged_.load(std::memory_order_relaxed);
         const auto taken = taken_.load(std::memory_order_relaxed);
-        s.total_enqueued = enq;
+        s.total_enqueued = enq - stream_steps_.load(std::memory_order_relaxed);
         s.commit_queue_size = enq > deq ? static_cast<std::size_t>(enq - deq) : 0;
         s.execute_queue_size = staged > taken ? static_cast<std::size_t>(staged - taken) : 0;
         s.waiting = waiting_.size();
@@ -568,7 +636,11 @@ private:
                std::uint64_t& dequeued) {
         dequeued += count;
         dequeued_.store(dequeued, std::memory_order_relaxed);
-        if (free_slots_) free_slots_->signal(static_cast<std::ptrdiff_t>(count));  // after the count: stats stay <= capacity
+        if (free_slots_) {  // after the count: stats stay <= capacity. Stream steps hold no slot.
+            std::ptrdiff_t slots = 0;
+            for (std::size_t i = 0; i < count; ++i) slots += items[i]->stream_step ? 0 : 1;
+            if (slots > 0) free_slots_->signal(slots);
+        }
         for (std::size_t first = 0; first < count; first += options_.batch_size) {
             const std::size_t n = std::min(options_.batch_size, count - first);
             commit_chunk(sub, context, items + first, n);
@@ -612,6 +684,8 @@ private:
         const bool shared_ring = workers_.size() > 1;
         std::vector<TaskBase*> batch(options_.batch_size);
         std::vector<GroupState::Report> reports(options_.batch_size);  // what the batch's items tell their groups
+        std::vector<StreamBase*> stream_steps(options_.batch_size);     // the stream steps among a batch
+        std::vector<StreamBase::After> afters(options_.batch_size);
         // Ring slots this worker has emptied but not yet given back (room_). Under load
         // the commit thread waits for room, so every give-back wakes it: a system call,
         // and a context switch that takes a core from a worker running Python. Slots go
@@ -678,8 +752,28 @@ private:
                 wait_while_paused();
             }
             fail_unwanted(batch.data(), m, "in the prefetch ring");
-            if (m > 0) run_batch(worker, context, batch.data(), reports.data(), m);
+            std::size_t items = 0;
+            std::size_t steps = 0;
+            for (std::size_t i = 0; i < m; ++i) {
+                if (batch[i]->stream_step) {
+                    stream_steps[steps++] = static_cast<StreamBase*>(batch[i]);
+                } else {
+                    batch[items++] = batch[i];
+                }
+            }
+            if (items > 0) run_batch(worker, context, batch.data(), reports.data(), items);
+            if (steps > 0) run_steps(worker, context, stream_steps.data(), afters.data(), steps);
         }
+    }
+
+    /// Advances the streams of `steps` (see stream.hpp), under one GIL hold.
+    void run_steps(Worker& worker, ThreadContext& context, StreamBase** steps, StreamBase::After* afters,
+                   std::size_t n) {
+        {
+            InterpreterHold gil(worker.interpreter.sub(), &context);
+            for (std::size_t i = 0; i < n; ++i) afters[i] = steps[i]->step([this] { return step_should_yield(); });
+        }
+        for (std::size_t i = 0; i < n; ++i) after_step(steps[i], afters[i]);
     }
 
     /// Fails the items that are no longer wanted: Cancelled when the handler is being
@@ -898,6 +992,10 @@ private:
     std::atomic<std::uint64_t> completed_{0};
     std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> timed_out_{0};
+    std::atomic<std::uint64_t> stream_steps_{0};  // in enqueued_, not in QueueStats::total_enqueued
+    std::mutex streams_mutex_;                    // streams_; with streams_cv_ shutdown waits for them to end
+    std::condition_variable streams_cv_;
+    std::unordered_map<StreamBase*, std::shared_ptr<StreamBase>> streams_;  // open streams
     std::atomic<double> execute_batch_ema_{0};
     std::atomic<double> execute_ns_ema_{0};
 

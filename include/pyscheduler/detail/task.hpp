@@ -232,6 +232,7 @@ public:
     std::uint32_t group_index = 0;   // in `group`
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // none
     GroupState* group = nullptr;     // ItemOptions::group's state, with a reference; told in complete()
+    bool stream_step = false;        // a StreamBase (stream.hpp): executors advance it instead of calling Python
 
 protected:
     ~TaskBase() = default;
