@@ -174,6 +174,8 @@ if [[ $bench == 1 ]]; then
     "$build_dir/tests/bench/pyscheduler_bench" --benchmark_counters_tabular=true
     # Task graphs: dependencies between items, against a loop and Dask.
     "$build_dir/tests/bench/pyscheduler_bench_graph" --benchmark_counters_tabular=true
+    # Streams: generators element by element, against a raw pybind11 loop.
+    "$build_dir/tests/bench/pyscheduler_bench_stream" --benchmark_counters_tabular=true
     # The GPU pipeline (built where the CUDA toolkit is; reports a skip without a GPU).
     gpu_bench="$build_dir/tests/bench/pyscheduler_bench_gpu"
     if [[ -x "$gpu_bench" ]]; then "$gpu_bench" --benchmark_counters_tabular=true; fi

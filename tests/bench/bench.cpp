@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench_support.hpp"
+
 namespace py = pybind11;
 using pyscheduler::DefaultPolicy;
 using pyscheduler::HandlerOptions;
@@ -28,15 +30,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-template <class Policy = DefaultPolicy>
-pyscheduler::BasicPyManager<Policy>& python() {
-    static pyscheduler::BasicPyManager<Policy> m = [] {
-        pyscheduler::BasicPyManager<Policy> p;
-        p.add_path(PYSCHEDULER_BENCH_DIR);
-        return p;
-    }();
-    return m;
-}
+using pyscheduler::bench::python;
 
 template <class Policy = DefaultPolicy>
 pyscheduler::BasicInvokeHandler<Policy> load(const char* fn, const HandlerOptions& o) {

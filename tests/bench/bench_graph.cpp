@@ -8,6 +8,8 @@
 #include <pybind11/stl.h>
 #include <pyscheduler/pyscheduler.hpp>
 
+#include "bench_support.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -28,14 +30,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-pyscheduler::PyManager& python() {
-    static pyscheduler::PyManager m = [] {
-        pyscheduler::PyManager p;
-        p.add_path(PYSCHEDULER_BENCH_DIR);
-        return p;
-    }();
-    return m;
-}
+using pyscheduler::bench::python;
 
 InvokeHandler load(const char* fn, const HandlerOptions& o) {
     return python().loadPythonModule("pyscheduler_bench_graph", fn, o);
