@@ -73,6 +73,12 @@ struct HandlerOptions {
     /// queued fails with pyscheduler::Timeout instead of running (a dependent item's
     /// time counts from when its inputs were all in). See ItemOptions::deadline.
     std::chrono::microseconds queue_timeout{0};
+
+    /// Records each item's latency, from being queued to the end of the batch it ran
+    /// in, in QueueStats::item_seconds (a histogram; Prometheus exposes it as
+    /// pyscheduler_item_latency_seconds, see pyscheduler/metrics.hpp). Costs a clock
+    /// read per item; items that never reach Python (cancelled, timed out) are not counted.
+    bool measure_latency = false;
 };
 
 /// Per-item options: `InvokeHandler::submit(ItemOptions{...}, commit, callback, args...)`

@@ -16,6 +16,7 @@
 #include "pyscheduler/group.hpp"
 #include "pyscheduler/handler.hpp"
 #include "pyscheduler/manager.hpp"
+#include "pyscheduler/metrics.hpp"
 #include "pyscheduler/options.hpp"
 #include "pyscheduler/policy.hpp"
 #include "pyscheduler/stats.hpp"

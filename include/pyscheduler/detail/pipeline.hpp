@@ -193,6 +193,9 @@ public:
           room_(static_cast<std::ptrdiff_t>(staged_capacity_), 0),  // 0: no spinning (idle_wait)
           ready_(0, 0),
           waiting_(&Pipeline::queue_ready, &Pipeline::cancel_waiting, this),
+          batch_sizes_(batch_size_bounds(options.batch_size)),
+          batch_seconds_(Histogram::latency_seconds()),
+          item_seconds_(Histogram::latency_seconds()),
           process_(process),
           pauses_(pauses) {
         for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
@@ -449,6 +452,9 @@ public:
         s.execute_batch_size_ema = execute_batch_ema_.load(std::memory_order_relaxed);
         s.commit_ns_per_batch_ema = commit_ns_ema_.load(std::memory_order_relaxed);
         s.execute_ns_per_batch_ema = execute_ns_ema_.load(std::memory_order_relaxed);
+        s.batch_sizes = batch_sizes_.snapshot();
+        if constexpr (Policy::collect_stats) s.batch_seconds = batch_seconds_.snapshot();
+        if (options_.measure_latency) s.item_seconds = item_seconds_.snapshot();
         s.workers.reserve(workers_.size());
         for (const auto& w : workers_) {
             s.workers.push_back({w->batches.load(std::memory_order_relaxed), w->items.load(std::memory_order_relaxed),
@@ -495,11 +501,13 @@ private:
 
     // --- commit thread -------------------------------------------------------
 
-    /// HandlerOptions::queue_timeout starts when the item is queued.
+    /// HandlerOptions::queue_timeout starts when the item is queued, and so does its
+    /// latency (HandlerOptions::measure_latency); one clock read serves both.
     void start_queue_timeout(TaskBase* task) const noexcept {
-        if (options_.queue_timeout.count() > 0) {
-            task->deadline = std::min(task->deadline, std::chrono::steady_clock::now() + options_.queue_timeout);
-        }
+        if (options_.queue_timeout.count() == 0 && !options_.measure_latency) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (options_.queue_timeout.count() > 0) task->deadline = std::min(task->deadline, now + options_.queue_timeout);
+        task->queued_at = now;
     }
 
     /// WaitRegistry's way in: an item whose last input just arrived, queued from the
@@ -856,6 +864,9 @@ private:
         worker.items.fetch_add(n, std::memory_order_relaxed);
         const double ns = record(execute_batch_ema_, execute_ns_ema_, n, start);  // one clock read per batch
         worker.busy_ns.fetch_add(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
+        batch_sizes_.observe(static_cast<double>(n));
+        if constexpr (Policy::collect_stats) batch_seconds_.observe(ns * 1e-9);
+        if (options_.measure_latency) observe_latencies(items, n);
         for (std::size_t i = 0; i < n; ++i) reports[i] = items[i]->complete();  // frees the item
         GroupState::report(reports, n);
     }
@@ -961,6 +972,21 @@ private:
         }
     }
 
+    /// Bucket bounds 1, 2, 4 ... up to the first power of two >= batch_size.
+    static std::vector<double> batch_size_bounds(std::size_t batch_size) {
+        std::vector<double> b{1};
+        while (b.back() < static_cast<double>(batch_size)) b.push_back(2 * b.back());
+        return b;
+    }
+
+    /// Each item that ran in a batch: queued to now (one clock read for the batch).
+    void observe_latencies(TaskBase* const* items, std::size_t n) noexcept {
+        const auto end = std::chrono::steady_clock::now();
+        for (std::size_t i = 0; i < n; ++i) {
+            item_seconds_.observe(std::chrono::duration<double>(end - items[i]->queued_at).count());
+        }
+    }
+
     static void update_ema(std::atomic<double>& ema, double x) noexcept {  // executors: several writers
         double old = ema.load(std::memory_order_relaxed);
         while (!ema.compare_exchange_weak(old, old == 0 ? x : old + Policy::stats_ema_weight * (x - old),
@@ -998,6 +1024,9 @@ private:
     std::unordered_map<StreamBase*, std::shared_ptr<StreamBase>> streams_;  // open streams
     std::atomic<double> execute_batch_ema_{0};
     std::atomic<double> execute_ns_ema_{0};
+    Histogram batch_sizes_;    // items per Python call
+    Histogram batch_seconds_;  // wall time per batch (Policy::collect_stats)
+    Histogram item_seconds_;   // queued to end of batch (HandlerOptions::measure_latency)
 
     alignas(64) std::atomic<long> active_{0};  // producers inside submit()
     std::atomic<bool> stopped_{false};

@@ -231,6 +231,7 @@ public:
     int priority = 0;                // ItemOptions::priority
     std::uint32_t group_index = 0;   // in `group`
     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // none
+    std::chrono::steady_clock::time_point queued_at{};  // HandlerOptions::measure_latency only
     GroupState* group = nullptr;     // ItemOptions::group's state, with a reference; told in complete()
     bool stream_step = false;        // a StreamBase (stream.hpp): executors advance it instead of calling Python
 
