@@ -32,6 +32,9 @@ tests, runs an example, benchmarks or installs.
       --run NAME        build the examples and run examples/NAME
       --bench           Release build of the benchmarks, run, printed as a table (with --deps,
                         also python/requirements-bench.txt: the comparisons' packages)
+      --server-bench    Release build of examples/server, then its load test against a
+                        GIL-per-request server and a pure-Python one (~4 minutes); writes
+                        server_bench.csv and server_bench.png into the build directory
       --install         build and install the headers and CMake package files
 
 Examples:
@@ -63,6 +66,7 @@ build=0
 run_tests=0
 run_example=""
 bench=0
+server_bench=0
 install=0
 
 need_arg() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value"; }
@@ -85,6 +89,7 @@ while [[ $# -gt 0 ]]; do
         --test) run_tests=1; tests=ON; examples=ON; build=1 ;;
         --run) need_arg "$@"; run_example="$2"; examples=ON; build=1; shift ;;
         --bench) bench=1; tests=ON; build=1 ;;
+        --server-bench) server_bench=1; examples=ON; build=1 ;;
         --install) install=1; build=1 ;;
         *) die "unknown option '$1'" ;;
     esac
@@ -98,8 +103,8 @@ case "${mode,,}" in
     *) die "unknown mode '$mode' (expected Debug, Release or RelWithDebInfo)" ;;
 esac
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive integer, not '$jobs'"
-if [[ $bench == 1 ]]; then
-    [[ -n "$sanitizer" ]] && die "--bench measures the Release build; it cannot be combined with --asan/--tsan"
+if [[ $bench == 1 || $server_bench == 1 ]]; then
+    [[ -n "$sanitizer" ]] && die "--bench and --server-bench measure the Release build; they cannot be combined with --asan/--tsan"
     mode=Release
 fi
 
@@ -123,7 +128,7 @@ python="$(command -v "$python" || echo "$python")"
 [[ "$python" == /* ]] || python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
 if [[ $deps == 1 ]]; then
     "$here/tools/install-deps.sh" "$python"
-    if [[ $bench == 1 ]]; then
+    if [[ $bench == 1 || $server_bench == 1 ]]; then
         "$python" -m pip install --quiet --disable-pip-version-check -r "$here/python/requirements-bench.txt"
     fi
 fi
@@ -181,6 +186,12 @@ if [[ $bench == 1 ]]; then
     if [[ -x "$gpu_bench" ]]; then "$gpu_bench" --benchmark_counters_tabular=true; fi
     # Python's own pools on the work of BM_PurePythonTwoHandlers, for comparison.
     "$python" "$here/tests/bench/compare_pools.py"
+fi
+
+if [[ $server_bench == 1 ]]; then
+    server="$build_dir/examples/pyscheduler_example_server"
+    [[ -x "$server" ]] || die "examples/server was not built (needs libcpp-httplib-dev and nlohmann-json3-dev: run with --deps)"
+    "$python" "$here/examples/server/loadgen.py" --server-binary "$server" --python "$python" --out "$build_dir"
 fi
 
 if [[ $install == 1 ]]; then

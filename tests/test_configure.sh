@@ -29,12 +29,13 @@ expect_error "--jobs needs a positive integer, not '0'" -j 0
 expect_error "unknown option '--frobnicate'" --frobnicate
 expect_error "unknown mode 'Fast'" --mode Fast
 expect_error "option --prefix needs a value" --prefix
-expect_error "--bench measures the Release build" --bench --asan
+expect_error "--bench and --server-bench measure the Release build" --bench --asan
+expect_error "--bench and --server-bench measure the Release build" --server-bench --tsan
 
 help="$("$configure" --help)"
 if [[ $? -eq 0 ]]; then
     for option in --help --mode --tests --examples --asan --tsan --flame --prefix --python --jobs \
-                  --deps --build --test --run --bench --install --build-dir PYSCHEDULER_PREFIX; do
+                  --deps --build --test --run --bench --server-bench --install --build-dir PYSCHEDULER_PREFIX; do
         if [[ "$help" == *"$option"* ]]; then passed=$((passed + 1)); else
             failed=$((failed + 1)); echo "FAIL: --help does not mention $option"; fi
     done

@@ -9,7 +9,8 @@ python="${1:-python3}"
 
 sudo=()
 [[ $(id -u) == 0 ]] || sudo=(sudo)
-packages=(cmake ninja-build g++ libconcurrentqueue-dev libdlpack-dev libgtest-dev libbenchmark-dev)
+packages=(cmake ninja-build g++ pkg-config libconcurrentqueue-dev libdlpack-dev libgtest-dev libbenchmark-dev
+          libcpp-httplib-dev nlohmann-json3-dev)  # the last two: examples/server
 # Debian's own python3 needs python3-venv to make virtual environments.
 [[ "$(command -v python3 || true)" == /usr/bin/python3 ]] && packages+=(python3-venv python3-dev)
 missing=()
