@@ -202,13 +202,7 @@ protected:
     /// `ended` set when the generator raised).
     PyObject* next_object(std::exception_ptr& ended) noexcept {
         PyObject* x = PyIter_Next(iterator_.ptr());
-        if (x == nullptr && PyErr_Occurred()) {
-            try {
-                throw py::error_already_set();
-            } catch (...) {
-                ended = capture_exception(where_);
-            }
-        }
+        if (x == nullptr && PyErr_Occurred()) ended = capture_python_error(where_);
         return x;
     }
 
@@ -239,12 +233,8 @@ private:
             if (PyObject_HasAttrString(iterator_.ptr(), "close") == 1) {
                 PyObject* r = PyObject_CallMethod(iterator_.ptr(), "close", nullptr);
                 if (r == nullptr) {
-                    try {
-                        throw py::error_already_set();
-                    } catch (...) {
-                        std::exception_ptr closing = capture_exception(where_ + " (closing the stream's generator)");
-                        if (!e) e = std::move(closing);
-                    }
+                    std::exception_ptr closing = capture_python_error(where_ + " (closing the stream's generator)");
+                    if (!e) e = std::move(closing);
                 }
                 Py_XDECREF(r);
             }

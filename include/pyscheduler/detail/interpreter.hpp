@@ -320,4 +320,14 @@ inline std::exception_ptr capture_exception(const std::string& where) noexcept {
     }
 }
 
+/// GIL held, a Python error set (a C API call failed): that error, as capture_exception
+/// makes it.
+inline std::exception_ptr capture_python_error(const std::string& where) noexcept {
+    try {
+        throw py::error_already_set();
+    } catch (...) {
+        return capture_exception(where);
+    }
+}
+
 }  // namespace pyscheduler::detail

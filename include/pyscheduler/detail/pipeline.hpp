@@ -941,11 +941,7 @@ private:
     }
 
     std::exception_ptr capture_result_error(std::size_t i) const {
-        try {
-            throw py::error_already_set();
-        } catch (...) {
-            return capture_exception("reading result " + std::to_string(i) + " of " + name_);
-        }
+        return capture_python_error("reading result " + std::to_string(i) + " of " + name_);
     }
 
     // --- statistics ----------------------------------------------------------
