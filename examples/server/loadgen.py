@@ -112,8 +112,12 @@ class Server:
         raise RuntimeError("the server exited before listening:\n" + "".join(self.output))
 
     def stop(self, timeout=60):
-        """SIGTERM, then the exit status and the rest of the output."""
+        """SIGTERM, then the exit status and the whole output."""
         self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout=60):
+        """The exit status and the whole output, once the process has ended."""
         rest, _ = self.process.communicate(timeout=timeout)
         self.output.append(rest)
         return self.process.returncode, "".join(self.output)

@@ -331,7 +331,7 @@ public:
             ~Leave() { active.fetch_sub(1, std::memory_order_release); }
         } leave{active_};
         if (stopped_.load(std::memory_order_seq_cst)) return false;
-        start_queue_timeout(task);
+        stamp_queued(task);
         enqueued_.fetch_add(1, std::memory_order_relaxed);
         if (!queue_.enqueue(task)) {
             enqueued_.fetch_sub(1, std::memory_order_relaxed);
@@ -501,9 +501,9 @@ private:
 
     // --- commit thread -------------------------------------------------------
 
-    /// HandlerOptions::queue_timeout starts when the item is queued, and so does its
-    /// latency (HandlerOptions::measure_latency); one clock read serves both.
-    void start_queue_timeout(TaskBase* task) const noexcept {
+    /// An item is queued: its HandlerOptions::queue_timeout and its latency
+    /// (HandlerOptions::measure_latency) start now; one clock read serves both.
+    void stamp_queued(TaskBase* task) const noexcept {
         if (options_.queue_timeout.count() == 0 && !options_.measure_latency) return;
         const auto now = std::chrono::steady_clock::now();
         if (options_.queue_timeout.count() > 0) task->deadline = std::min(task->deadline, now + options_.queue_timeout);
@@ -515,7 +515,7 @@ private:
     /// draining shutdown waits for it before the sentinel, so it is never refused.
     static void queue_ready(void* self, TaskBase* task) noexcept {
         auto& p = *static_cast<Pipeline*>(self);
-        p.start_queue_timeout(task);
+        p.stamp_queued(task);
         p.enqueued_.fetch_add(1, std::memory_order_relaxed);
         if (!p.queue_.enqueue(task)) {  // out of memory for a queue block
             p.enqueued_.fetch_sub(1, std::memory_order_relaxed);
