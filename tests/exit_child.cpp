@@ -35,10 +35,24 @@ static void queue_some(InvokeHandler& h, int n, bool wait) {
     }
 }
 
+/// Made after Python started, as the static objects of the extension modules Python
+/// loads are: its destructor says whether Python was finalized before it ran (it must
+/// have been, when Python is finalized at all: such statics may own Python objects).
+struct StaticProbe {
+    ~StaticProbe() { std::printf("static destructor: python %s\n", Py_IsInitialized() ? "running" : "finalized"); }
+};
+
 int main(int argc, char** argv) {
     const std::string mode = argc > 1 ? argv[1] : "";
     std::cout << "child: " << mode << std::endl;
-    if (mode == "static_idle") {  // a static handler: destroyed (drained) before Python is finalized
+    PyManager python;
+    static StaticProbe probe;
+    // A static Python object outliving the interpreter: its destructor must not touch it.
+    static pyscheduler::GilSafe<py::object> kept = [] {
+        pyscheduler::detail::GilHold gil;
+        return pyscheduler::GilSafe<py::object>(py::list(py::make_tuple(1, 2, 3)));
+    }();
+    if (mode == "static_idle") {  // a static handler: destroyed (drained) among the static destructors
         static InvokeHandler h = load();
         queue_some(h, 8, true);
         return 0;
@@ -62,6 +76,12 @@ int main(int argc, char** argv) {
     if (mode == "local_handler") {  // the ordinary case: everything destroyed in order
         InvokeHandler h = load();
         queue_some(h, 8, true);
+        return 0;
+    }
+    if (mode == "static_shut_down") {  // shut down, not destroyed: it still holds Python objects
+        static InvokeHandler h = load();
+        queue_some(h, 8, true);
+        h.shutdown(pyscheduler::ShutdownMode::Drain);
         return 0;
     }
     // A handler whose Python function is still running at exit.

@@ -92,11 +92,17 @@ public:
         std::swap(object_, other.object_);
         return *this;
     }
+    /// After Python was finalized (a GilSafe with static storage duration outlives the
+    /// interpreter: see Interpreter lifetime in the README) the object went with it,
+    /// and the reference is dropped without touching it.
     ~GilSafe() {
-        if (object_) {
-            detail::GilHold gil;
-            object_.release().dec_ref();
+        if (!object_) return;
+        if (Py_IsInitialized() == 0) {
+            object_.release();
+            return;
         }
+        detail::GilHold gil;
+        object_.release().dec_ref();
     }
 
     explicit operator bool() const noexcept { return static_cast<bool>(object_); }

@@ -25,7 +25,8 @@ namespace pyscheduler {
 ///
 /// The first PyManager in the process starts CPython (without Python's signal
 /// handlers), or attaches to it when the process already runs Python. The
-/// interpreter is finalized at process exit, if no handler is alive then.
+/// interpreter is finalized when the main thread exits the process, before static
+/// destructors run, if no handler exists then; otherwise it is left running.
 template <class Policy = DefaultPolicy>
 class PYSCHEDULER_HIDDEN BasicPyManager {
 public:

@@ -31,13 +31,13 @@ namespace py = pybind11;
 /// exit handlers of any shared object may still read it late in process teardown.
 /// Change the layout only together with the key below.
 struct ProcessState {
-    std::atomic<long> live_handlers{0};  // handlers whose threads are running
+    std::atomic<long> live_handlers{0};  // handlers constructed and not yet destroyed
     bool owns_interpreter = false;       // pyscheduler called Py_Initialize
     pthread_t init_thread{};             // the thread that did
     PyThreadState* init_tstate = nullptr;
 };
 
-inline constexpr const char* kProcessStateKey = "pyscheduler.process_state.v1";
+inline constexpr const char* kProcessStateKey = "pyscheduler.process_state.v2";  // v1 counted running handlers
 
 /// GIL held. The process state stored in the interpreter, created if absent.
 inline ProcessState* find_or_create_process_state() {
@@ -136,16 +136,30 @@ inline PauseRegistry& pause_registry() {
     return *r;
 }
 
-/// Registered with std::atexit by the copy of pyscheduler that initialized Python.
-/// Finalizes the interpreter when that is safe: no handler thread alive and the exit
-/// running on the thread that initialized it. Otherwise Python is left running (the
-/// process is ending anyway) after flushing its stdout/stderr, so nothing a handler
-/// printed is lost.
-inline void finalize_at_exit() noexcept {
+/// Ends the interpreter when the process exits, if pyscheduler started it.
+///
+/// Python must be finalized before the static destructors of the extension modules
+/// it loaded run: they may own Python objects (scipy's _uarray keeps a static map of
+/// them) and Python's own module teardown still uses those statics, so finalizing
+/// after them frees memory twice. A `python` process finalizes before exit() for that
+/// reason. Modules are imported after Python started, so their destructors were
+/// registered after any std::atexit handler of ours and run before it. What runs
+/// earlier than every one of them is the exiting thread's thread_local destructors:
+/// glibc's exit() calls those first. So the thread that started Python, when it is
+/// the process's main thread, gets a thread_local whose destructor finalizes - at
+/// exit(), or when main() returns - provided no handler exists then (a handler holds
+/// Python objects, and its threads may be in Python). In every other case (a handler
+/// with static storage duration or leaked, std::exit with handlers on the stack,
+/// Python started on another thread) Python is left running for the OS to reclaim,
+/// after flushing sys.stdout and sys.stderr so nothing printed is lost: static
+/// destructors run with the interpreter still alive, and nothing is freed twice.
+/// (A main thread that ends with pthread_exit() while others go on also runs the
+/// thread_local destructor; with no handler left, Python is finalized then.)
+inline void finalize_or_flush_at_exit(bool may_finalize) noexcept {
     ProcessState* st = cached_process_state().load(std::memory_order_acquire);
     if (st == nullptr || !st->owns_interpreter || Py_IsInitialized() == 0) return;
-    const bool same_thread = pthread_equal(pthread_self(), st->init_thread) != 0;
-    if (same_thread && st->live_handlers.load(std::memory_order_acquire) == 0) {
+    if (may_finalize && pthread_equal(pthread_self(), st->init_thread) != 0 &&
+        st->live_handlers.load(std::memory_order_acquire) == 0) {
         if (!this_thread_holds_gil()) PyEval_RestoreThread(st->init_tstate);
         try {
             py::finalize_interpreter();
@@ -161,6 +175,24 @@ inline void finalize_at_exit() noexcept {
         if (r == nullptr) PyErr_Clear();
         Py_XDECREF(r);
     }
+}
+
+/// The main thread's thread_local that finalizes Python first thing in exit().
+struct FinalizeAtMainThreadExit {
+    bool armed = false;
+    ~FinalizeAtMainThreadExit() {
+        if (armed) finalize_or_flush_at_exit(/*may_finalize=*/true);
+    }
+};
+
+inline void arm_finalize_at_exit() {
+    if (::getpid() == ::gettid()) {  // the main thread: its thread_locals die in exit()
+        thread_local FinalizeAtMainThreadExit finalizer;
+        finalizer.armed = true;
+    }
+    // Runs after every static destructor: too late to finalize (see above), in time to
+    // flush what Python printed when the thread_local did not finalize.
+    std::atexit([] { finalize_or_flush_at_exit(/*may_finalize=*/false); });
 }
 
 /// The Python environment to embed, as the path of its interpreter executable; empty
@@ -221,7 +253,7 @@ inline ProcessState* initialize_interpreter() {
     st->owns_interpreter = true;
     st->init_thread = pthread_self();
     st->init_tstate = PyThreadState_Get();
-    std::atexit(&finalize_at_exit);
+    arm_finalize_at_exit();
     PyEval_SaveThread();  // the init thread keeps its state; other threads may now run Python
     return st;
 }

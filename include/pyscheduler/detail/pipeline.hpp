@@ -230,6 +230,9 @@ public:
     ~Pipeline() {
         shutdown(ShutdownMode::Drain);
         pauses_.remove(&pause_node_);
+        // Counted until destroyed, not until shut down: the workers' interpreters and
+        // the function still hold Python objects (see finalize_or_flush_at_exit).
+        process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
     }
 
     /// The interpreter of the commit thread (the first worker's): where items that
@@ -422,7 +425,6 @@ public:
         // submit(); wait for them, briefly, so that their items precede the sentinel.
         while (active_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
         stop_and_join();
-        process_.live_handlers.fetch_sub(1, std::memory_order_acq_rel);
     }
 
     bool stopped() const noexcept { return stopped_.load(std::memory_order_acquire); }
