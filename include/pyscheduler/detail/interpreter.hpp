@@ -179,16 +179,13 @@ inline void finalize_or_flush_at_exit(bool may_finalize) noexcept {
 
 /// The main thread's thread_local that finalizes Python first thing in exit().
 struct FinalizeAtMainThreadExit {
-    bool armed = false;
-    ~FinalizeAtMainThreadExit() {
-        if (armed) finalize_or_flush_at_exit(/*may_finalize=*/true);
-    }
+    ~FinalizeAtMainThreadExit() { finalize_or_flush_at_exit(/*may_finalize=*/true); }
 };
 
 inline void arm_finalize_at_exit() {
     if (::getpid() == ::gettid()) {  // the main thread: its thread_locals die in exit()
-        thread_local FinalizeAtMainThreadExit finalizer;
-        finalizer.armed = true;
+        // Constructed here, on the first pass, so it exists only on this thread.
+        [[maybe_unused]] thread_local FinalizeAtMainThreadExit finalizer;
     }
     // Runs after every static destructor: too late to finalize (see above), in time to
     // flush what Python printed when the thread_local did not finalize.
