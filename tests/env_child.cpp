@@ -14,6 +14,12 @@ int main(int argc, char** argv) {
         pyscheduler::detail::GilHold gil;
         py::module_ sys = py::module_::import("sys");
         std::cout << "prefix=" << sys.attr("prefix").cast<std::string>() << "\n";
+        {  // a process worker's own sys.prefix (its site-packages, as sysconfig derives it from that)
+            pyscheduler::HandlerOptions options;
+            options.interpreter = pyscheduler::InterpreterKind::Process;
+            auto worker = python.loadPythonModule("sysconfig", "get_path", options);
+            std::cout << "worker purelib=" << worker.invoke<std::string>("purelib") << "\n";
+        }
         try {
             py::module_ marker = py::module_::import("pyscheduler_venv_marker");
             std::cout << "marker=" << marker.attr("WHERE").cast<std::string>() << "\n";

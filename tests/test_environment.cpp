@@ -39,12 +39,15 @@ TEST(Environment, OverrideSelectsAVenvAndItsPackages) {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("prefix=" + kVenv + "\n"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find("marker=marker venv"), std::string::npos) << r.output;
+    // InterpreterKind::Process: the worker process runs in the venv too.
+    EXPECT_NE(r.output.find("worker purelib=" + kVenv + "/lib/"), std::string::npos) << r.output;
 }
 
 TEST(Environment, ActivatedVirtualEnvIsHonoured) {
     auto r = run_child("VIRTUAL_ENV='" + kVenv + "'");
     EXPECT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("marker=marker venv"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("worker purelib=" + kVenv + "/lib/"), std::string::npos) << r.output;
 }
 
 TEST(Environment, PythonPathAddsToTheEnvironment) {

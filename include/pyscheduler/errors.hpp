@@ -78,11 +78,23 @@ public:
 };
 
 /// The item's deadline (ItemOptions::deadline or HandlerOptions::queue_timeout) passed
-/// before it reached Python; it did not run.
+/// before it reached Python, so it did not run; or (InterpreterKind::Process) the call
+/// it was part of ran longer than HandlerOptions::call_timeout, and its worker process
+/// was killed.
 class Timeout : public Error {
 public:
     using Error::Error;
     std::exception_ptr clone() const override { return std::make_exception_ptr(Timeout(std::string(what()))); }
+};
+
+/// InterpreterKind::Process: the worker process died (a signal such as SIGSEGV or the
+/// OOM killer's SIGKILL, os._exit, ...) while it ran the call the item was part of, or
+/// it is down for good (HandlerOptions::max_restarts). `what()` names the process and
+/// its exit status or signal. Only that call's items fail; the worker is restarted.
+class WorkerLost : public Error {
+public:
+    using Error::Error;
+    std::exception_ptr clone() const override { return std::make_exception_ptr(WorkerLost(std::string(what()))); }
 };
 
 /// An input of the item (a Future or SharedFuture passed as one of its arguments)

@@ -114,8 +114,10 @@ public:
     /// and casts the result to R (R = void discards it). Takes the GIL for the call:
     /// the main one, or with own-GIL workers the GIL of one worker's interpreter, each
     /// worker's in turn (round robin over calls; it waits while that worker runs a
-    /// batch). Throws PythonError if Python raises, pybind11::cast_error if the result
-    /// does not convert to R.
+    /// batch). Process workers: the call goes to each worker's process in turn, and
+    /// `args` and the result are pickled across. Throws PythonError if Python raises,
+    /// WorkerLost or Timeout (call_timeout) from a process worker,
+    /// pybind11::cast_error if the result does not convert to R.
     template <class R, class... Args>
     R invoke(Args&&... args) const {
         static_assert(!owns_python_references_v<R>,
@@ -130,7 +132,7 @@ public:
             pybind11::object result = interpreter.function()(std::forward<Args>(args)...);
             if constexpr (!std::is_void_v<R>) return result.template cast<R>();
         } catch (const pybind11::error_already_set& e) {
-            throw detail::to_python_error(e, p.name());
+            std::rethrow_exception(detail::python_exception(e, p.name()));
         }
     }
 
@@ -151,7 +153,7 @@ public:
             return std::invoke(std::forward<Callback>(callback),
                                interpreter.function()(std::forward<Args>(args)...));
         } catch (const pybind11::error_already_set& e) {
-            throw detail::to_python_error(e, p.name());
+            std::rethrow_exception(detail::python_exception(e, p.name()));
         }
     }
 
@@ -248,17 +250,22 @@ public:
     /// Shutdown waits for open streams: Drain until each is read to its end or closed,
     /// Cancel ends each with Cancelled (closing its generator). So close() or drop a
     /// stream you stop reading before draining its handler. std::invalid_argument
-    /// for a buffer of 0, and on a handler with several own-GIL workers (a generator
-    /// cannot move between interpreters).
+    /// for a buffer of 0, on a handler with several own-GIL workers (a generator
+    /// cannot move between interpreters) and on process workers.
     template <class R, class Commit, class... Args>
         requires Queueable<Commit, detail::StreamStarter<Policy>, Args...>
     Stream<R> stream(const StreamOptions& options, Commit&& commit, Args&&... args) {
         auto& p = pipeline();
         if (options.buffer == 0) throw std::invalid_argument("pyscheduler: StreamOptions::buffer must be at least 1");
         if (p.refuses_streams()) {
-            throw std::invalid_argument("pyscheduler: " + p.name() + " has " + std::to_string(p.options().workers) +
-                                        " own-GIL workers, each in its own interpreter: streams need one "
-                                        "interpreter (workers = 1, or InterpreterKind::Main)");
+            const bool process = p.options().interpreter == InterpreterKind::Process;
+            throw std::invalid_argument(
+                "pyscheduler: " + p.name() +
+                (process ? " runs in worker processes, and a generator cannot leave its process (streams need "
+                           "InterpreterKind::Main, or OwnGil with workers = 1)"
+                         : " has " + std::to_string(p.options().workers) +
+                               " own-GIL workers, each in its own interpreter: streams need one interpreter "
+                               "(workers = 1, or InterpreterKind::Main)"));
         }
         auto core = std::make_shared<detail::StreamCore<R>>(options.buffer, p.name());
         p.open_stream(core);

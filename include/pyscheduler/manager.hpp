@@ -4,6 +4,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include <chrono>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -14,6 +15,7 @@
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/pipeline.hpp"
+#include "pyscheduler/detail/process.hpp"
 #include "pyscheduler/detail/subinterpreter.hpp"
 #include "pyscheduler/handler.hpp"
 #include "pyscheduler/options.hpp"
@@ -59,7 +61,8 @@ public:
     /// invalid, or when the module cannot be imported, has no such attribute, or the
     /// attribute is not callable (the message names the module, the function and the
     /// Python error). OwnGil with N workers imports the module N times, once in each
-    /// worker's sub-interpreter.
+    /// worker's sub-interpreter; Process starts N child processes and returns once each
+    /// has imported it.
     InvokeHandler loadPythonModule(const std::string& module, const std::string& function,
                                    const HandlerOptions& options) const {
         validate(options);
@@ -70,6 +73,15 @@ public:
             const std::vector<std::string> path = main_sys_path();
             for (std::size_t i = 0; i < options.workers; ++i) {
                 interpreters.push_back(load_own_gil(module, function, name, path));
+            }
+        } else if (options.interpreter == InterpreterKind::Process) {
+            detail::GilHold gil;
+            const double timeout = std::chrono::duration<double>(options.call_timeout).count();
+            for (std::size_t i = 0; i < options.workers; ++i) {
+                interpreters.emplace_back(nullptr,
+                                          detail::start_process_worker(module, function, name, i,
+                                                                       options.max_restarts, timeout),
+                                          true);
             }
         } else {
             detail::GilHold gil;
@@ -179,6 +191,17 @@ private:
         }
         if (o.workers == 0) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must be at least 1");
         if (o.workers > 1024) throw std::invalid_argument("pyscheduler: HandlerOptions::workers must not exceed 1024");
+        if (o.interpreter != InterpreterKind::Process && o.call_timeout.count() != 0) {
+            throw std::invalid_argument(
+                "pyscheduler: HandlerOptions::call_timeout needs InterpreterKind::Process (a call running in this "
+                "process cannot be stopped)");
+        }
+        if (o.call_timeout.count() < 0 || o.call_timeout > std::chrono::hours(24 * 365 * 100)) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::call_timeout must be between 0 and a century");
+        }
+        if (o.max_restarts < 0) {
+            throw std::invalid_argument("pyscheduler: HandlerOptions::max_restarts must not be negative");
+        }
         if (o.batch_size * o.prefetch_depth > limit / o.workers) {
             throw std::invalid_argument(
                 "pyscheduler: HandlerOptions::batch_size * prefetch_depth * workers must not exceed 2^30");

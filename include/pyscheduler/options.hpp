@@ -14,6 +14,9 @@ enum class InterpreterKind {
     OwnGil,  ///< a sub-interpreter of its own with its own GIL (CPython >= 3.12): runs in
              ///< parallel with the others; extension modules without sub-interpreter
              ///< support (numpy...) cannot be imported there
+    Process, ///< a child process of its own (Linux), running the embedded environment's
+             ///< python: any module (numpy, torch) runs in parallel, and a crash of the
+             ///< function fails its batch (WorkerLost) instead of the host
 };
 
 /// Which of the items waiting to be committed a handler takes next, among those of
@@ -59,7 +62,19 @@ struct HandlerOptions {
     /// only while the function releases it (numpy/BLAS, I/O, time.sleep, torch).
     /// OwnGil: N sub-interpreters, each with its own GIL, its own import of the module
     /// and its own module globals; pure Python runs truly in parallel.
+    /// Process: N child processes, each with its own import of the module.
     std::size_t workers = 1;
+
+    /// InterpreterKind::Process only. Zero: none. Otherwise a call of the function (a
+    /// batch, or a synchronous invoke) still running after this long fails with
+    /// pyscheduler::Timeout, and its worker process is killed and restarted.
+    std::chrono::microseconds call_timeout{0};
+
+    /// InterpreterKind::Process only: how many times in a row a worker process that was
+    /// lost (WorkerLost, or killed by call_timeout) is restarted, with a backoff of
+    /// 50 ms doubling up to 2 s, before the worker gives up: from then on every batch it
+    /// takes fails with WorkerLost. A successful call resets the count.
+    int max_restarts = 5;
 
     /// Which waiting item is committed next among equal priorities. Reordering applies
     /// to items not yet committed: items already committed into the prefetch ring (up to

@@ -332,15 +332,30 @@ inline PythonError to_python_error(const py::error_already_set& e, const std::st
     return python_error_from(e.type(), e.value(), e.trace(), where);
 }
 
+/// Type names (as python_error_from writes them) of the errors a process worker's
+/// proxy raises (see process.hpp), and the C++ errors they stand for.
+inline constexpr const char* kWorkerLostType = "_pyscheduler_process_v1.WorkerLost";
+inline constexpr const char* kCallTimeoutType = "_pyscheduler_process_v1.CallTimeout";
+
+/// GIL held. A caught Python exception as the C++ exception it stands for: WorkerLost
+/// or Timeout from a process worker, PythonError otherwise.
+inline std::exception_ptr python_exception(const py::error_already_set& e, const std::string& where) {
+    PythonError error = to_python_error(e, where);
+    if (error.type_name() == kWorkerLostType) return std::make_exception_ptr(WorkerLost(error.message()));
+    if (error.type_name() == kCallTimeoutType) return std::make_exception_ptr(Timeout(error.message()));
+    return std::make_exception_ptr(std::move(error));
+}
+
 /// Call inside a catch block. The exception in flight, with Python exceptions turned
-/// into PythonError (the GIL is taken for that if this thread does not hold it).
+/// into C++ ones by python_exception (the GIL is taken for that if this thread does
+/// not hold it).
 inline std::exception_ptr capture_exception(const std::string& where) noexcept {
     try {
         throw;
     } catch (const py::error_already_set& e) {
         try {
             GilHold gil;
-            return std::make_exception_ptr(to_python_error(e, where));
+            return python_exception(e, where);
         } catch (...) {
             return std::current_exception();
         }

@@ -240,9 +240,9 @@ public:
     const WorkerInterpreter& first_interpreter() const noexcept { return workers_.front()->interpreter; }
 
     /// The interpreter a synchronous invoke runs in: the main one for Main workers;
-    /// for own-GIL workers, each worker's in turn (round robin over calls).
+    /// for own-GIL and process workers, each worker's in turn (round robin over calls).
     const WorkerInterpreter& interpreter_for_invoke() noexcept {
-        if (!several_interpreters()) return first_interpreter();
+        if (!several_interpreters() && !several_processes()) return first_interpreter();
         return workers_[next_invoke_.fetch_add(1, std::memory_order_relaxed) % workers_.size()]->interpreter;
     }
 
@@ -252,8 +252,11 @@ public:
     bool refuses_python_commits() const noexcept { return several_interpreters(); }
 
     /// Streams need one interpreter: a generator lives in the interpreter that made it,
-    /// and any worker may take a stream's next step.
-    bool refuses_streams() const noexcept { return several_interpreters(); }
+    /// and any worker may take a stream's next step. A generator cannot leave a worker
+    /// process either.
+    bool refuses_streams() const noexcept {
+        return several_interpreters() || options_.interpreter == InterpreterKind::Process;
+    }
 
     // --- streams (stream.hpp) ------------------------------------------------
 
@@ -479,6 +482,10 @@ private:
     /// Several own-GIL workers, each in an interpreter of its own (Main workers share one).
     bool several_interpreters() const noexcept {
         return workers_.size() > 1 && workers_.front()->interpreter.sub() != nullptr;
+    }
+
+    bool several_processes() const noexcept {
+        return workers_.size() > 1 && options_.interpreter == InterpreterKind::Process;
     }
 
     bool is_own_thread() const noexcept {

@@ -143,18 +143,28 @@ private:
 
 /// The interpreter one worker of a handler runs in, and the handler's function as
 /// imported there: the main interpreter (no sub-interpreter; every Main worker holds
-/// a reference to the one function), or a sub-interpreter of the worker's own. Drops
-/// the function under its interpreter's GIL, then ends the sub-interpreter.
+/// a reference to the one function), a sub-interpreter of the worker's own, or the
+/// main interpreter with a process worker's proxy as the function (process.hpp).
+/// Drops the function under its interpreter's GIL (a process worker's is closed
+/// first: its child quits), then ends the sub-interpreter.
 class PYSCHEDULER_HIDDEN WorkerInterpreter {
 public:
-    /// `fn` lives in `sub`, or in the main interpreter when `sub` is null.
-    WorkerInterpreter(std::unique_ptr<SubInterpreter> sub, py::object fn) noexcept
-        : sub_(std::move(sub)), fn_(std::move(fn)) {}
+    /// `fn` lives in `sub`, or in the main interpreter when `sub` is null. `process`:
+    /// `fn` is a process worker's proxy.
+    WorkerInterpreter(std::unique_ptr<SubInterpreter> sub, py::object fn, bool process = false) noexcept
+        : sub_(std::move(sub)), fn_(std::move(fn)), process_(process) {}
     WorkerInterpreter(WorkerInterpreter&&) noexcept = default;
     WorkerInterpreter& operator=(WorkerInterpreter&&) = delete;
     ~WorkerInterpreter() {
         if (fn_) {
             InterpreterHold gil(sub_.get(), nullptr);
+            if (process_) {
+                try {
+                    fn_.attr("close")();
+                } catch (py::error_already_set& e) {  // the child is killed at exit at the latest
+                    e.discard_as_unraisable("pyscheduler: closing a worker process");
+                }
+            }
             fn_ = py::object();
         }
         sub_.reset();  // no thread state of ours may be left in it
@@ -169,6 +179,7 @@ public:
 private:
     std::unique_ptr<SubInterpreter> sub_;  // null: the main interpreter
     py::object fn_;
+    bool process_ = false;
 };
 
 }  // namespace pyscheduler::detail

@@ -1,0 +1,529 @@
+// pyscheduler/detail/process.hpp - InterpreterKind::Process: a worker that runs the
+// handler's function in a child process.
+//
+// A process worker is an ordinary executor of the pipeline whose "function" is a
+// proxy object of the main interpreter (ProcessWorker below, in Python). Calling it
+// sends the call to the worker's child process and waits for the reply with the GIL
+// released; everything else (commit, conversion, callbacks, per-item errors, stats)
+// is the pipeline's usual path.
+//
+// The child is the embedded environment's own python (sys.executable), started with
+// posix_spawn and `-c <the child's source>`: nothing needs to be installed. It gets
+// the host's sys.path, imports the module and serves calls until told to quit or
+// until its connection closes. It asks the kernel to kill it when the host dies
+// (PR_SET_PDEATHSIG). That signal follows the *thread* that spawned the child, so
+// every child is spawned by one thread that lives as long as the process (Spawner).
+//
+// Transport: an AF_UNIX SOCK_SEQPACKET socket pair carries small fixed headers (the
+// wake-ups, and the file descriptors of new segments); the payload goes through
+// shared memory, one memfd segment per direction, written by its sender. A payload is
+// pickled with protocol 5: large buffers (numpy arrays, bytearrays, anything pickle 5
+// serializes out of band) are copied once, into the segment, and read as views of it
+// by the receiver, with no further copy. A segment is reused only when the receiver
+// holds no view of it any more (it says so in its next header); otherwise, or when a
+// payload does not fit, the sender makes a new one and sends its descriptor along.
+// Small buffers (< 4 KiB) stay inside the pickle.
+#pragma once
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <pybind11/pybind11.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pyscheduler/detail/config.hpp"
+#include "pyscheduler/detail/gil.hpp"
+#include "pyscheduler/detail/interpreter.hpp"
+
+extern char** environ;
+
+namespace pyscheduler::detail {
+
+namespace py = pybind11;
+
+/// The one thread that spawns every worker process: a child's PR_SET_PDEATHSIG fires
+/// when the thread that spawned it ends, so that thread must live until the process
+/// exits. Started on first use; never joined or destroyed (it parks between requests
+/// and ends with the process). It blocks every signal, so none is delivered to it.
+class PYSCHEDULER_HIDDEN Spawner {
+public:
+    static Spawner& instance() {
+        static Spawner* spawner = new Spawner();  // leaked on purpose: see above
+        return *spawner;
+    }
+
+    /// Starts `argv[0]` with `argv`, the process's environment, every signal at its
+    /// default and unblocked, and `fd` as the child's descriptor 3 (no other descriptor
+    /// of ours is inherited: they are all close-on-exec). Returns the pid, or -errno.
+    pid_t spawn(const std::vector<std::string>& argv, int fd) {
+        Request request{&argv, fd};
+        std::unique_lock<std::mutex> lock(mutex_);
+        pending_.push_back(&request);
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return request.done; });
+        return request.result;
+    }
+
+private:
+    struct Request {
+        const std::vector<std::string>* argv;
+        int fd;
+        pid_t result = 0;
+        bool done = false;
+    };
+
+    Spawner() {
+        std::thread([this] { run(); }).detach();
+    }
+
+    void run() {
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, nullptr);
+        std::unique_lock<std::mutex> lock(mutex_);
+        for (;;) {
+            cv_.wait(lock, [&] { return !pending_.empty(); });
+            std::vector<Request*> taken;
+            taken.swap(pending_);
+            lock.unlock();
+            for (Request* r : taken) r->result = spawn_now(*r->argv, r->fd);
+            lock.lock();
+            for (Request* r : taken) r->done = true;
+            cv_.notify_all();
+        }
+    }
+
+    static pid_t spawn_now(const std::vector<std::string>& argv, int fd) {
+        // A descriptor above 3 to dup2 from: dup2(3, 3) would keep it close-on-exec.
+        const int high = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+        if (high < 0) return -errno;
+        std::vector<char*> args;
+        for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+        args.push_back(nullptr);
+        posix_spawn_file_actions_t actions;
+        posix_spawnattr_t attr;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawnattr_init(&attr);
+        posix_spawn_file_actions_adddup2(&actions, high, 3);
+        sigset_t none;
+        sigset_t all;
+        sigemptyset(&none);
+        sigfillset(&all);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setsigdefault(&attr, &all);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+        pid_t pid = 0;
+        const int rc = posix_spawn(&pid, args[0], &actions, &attr, args.data(), environ);
+        posix_spawnattr_destroy(&attr);
+        posix_spawn_file_actions_destroy(&actions);
+        close(high);
+        return rc == 0 ? pid : -rc;
+    }
+
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::vector<Request*> pending_;
+};
+
+/// Framing shared by the host and the child (see the top of this file).
+inline constexpr const char* kProcessCommonSource = R"PY(
+import mmap, os, pickle, socket, struct, sys
+
+HEADER = struct.Struct("<cBxxIQ")  # kind, flags, out-of-band buffers, pickle length
+NEW_SEGMENT = 1     # a descriptor comes with the header: the sender's new segment
+READER_HOLDS = 2    # the sender still holds views of the last segment it received
+ALIGN = 64
+MIN_SEGMENT = 1 << 20
+INLINE_BELOW = 4096
+
+
+def _align(n):
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class Channel:
+    """One end of a worker's connection: a SOCK_SEQPACKET socket for headers and
+    descriptors, one shared-memory segment per direction for payloads."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.out = None            # the segment this end writes
+        self.peer_holds = False    # the peer still reads views of self.out
+        self.inp = None            # the segment the peer writes
+
+    def holding(self):
+        # The views handed out by receive() each hold a reference to the mapping;
+        # self.inp and getrefcount's argument are the other two.
+        return self.inp is not None and sys.getrefcount(self.inp) > 2
+
+    def send(self, kind, box):
+        """Sends box's one object, taken out of it: once the object is copied into the
+        segment, this end holds no reference to it (it may hold views of self.inp)."""
+        buffers = []
+
+        def out_of_band(pb):
+            raw = pb.raw()
+            if raw.nbytes < INLINE_BELOW:
+                return True
+            buffers.append(raw)
+            return False
+
+        data = pickle.dumps(box.pop(), protocol=5, buffer_callback=out_of_band)
+        sizes = [b.nbytes for b in buffers]
+        table = 8 * len(sizes)
+        need = _align(table + len(data)) + sum(_align(s) for s in sizes)
+        flags = 0
+        fds = []
+        if self.out is None or self.peer_holds or len(self.out) < need:
+            size = max(MIN_SEGMENT, 1 << (need - 1).bit_length())
+            fd = os.memfd_create("pyscheduler", os.MFD_CLOEXEC)
+            fds.append(fd)
+            try:
+                os.ftruncate(fd, size)
+                self.out = mmap.mmap(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.peer_holds = False
+            flags |= NEW_SEGMENT
+        try:
+            m = self.out
+            if sizes:
+                struct.pack_into(f"<{len(sizes)}Q", m, 0, *sizes)
+            m[table:table + len(data)] = data
+            _copy_buffers(m, _align(table + len(data)), buffers)
+            buffers.clear()
+            if self.holding():
+                flags |= READER_HOLDS
+            socket.send_fds(self.sock, [HEADER.pack(kind, flags, len(sizes), len(data))], fds,
+                            socket.MSG_NOSIGNAL)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def receive(self):
+        """(kind, object); EOFError when the peer has closed its end."""
+        header, fds, _, _ = socket.recv_fds(self.sock, HEADER.size, 1)
+        if not header:
+            raise EOFError
+        kind, flags, count, length = HEADER.unpack(header)
+        if fds:
+            try:
+                self.inp = mmap.mmap(fds[0], os.fstat(fds[0]).st_size)
+            finally:
+                os.close(fds[0])
+        self.peer_holds = bool(flags & READER_HOLDS)
+        m = self.inp
+        sizes = struct.unpack_from(f"<{count}Q", m, 0) if count else ()
+        table = 8 * count
+        data = m[table:table + length]
+        views = []
+        at = _align(table + length)
+        for s in sizes:
+            views.append(memoryview(m)[at:at + s])
+            at = _align(at + s)
+        return kind, pickle.loads(data, buffers=views)
+
+
+def _copy_buffers(m, at, buffers):
+    for b in buffers:
+        m[at:at + b.nbytes] = b
+        at = _align(at + b.nbytes)
+
+
+def describe(e):
+    """An exception as (picklable exception or None, type name, message, traceback text)."""
+    import traceback
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    name = type(e).__qualname__
+    if type(e).__module__ != "builtins":
+        name = type(e).__module__ + "." + name
+    try:
+        message = str(e)
+    except Exception:
+        message = "<str() of the exception raised>"
+    e.__traceback__ = None
+    try:
+        pickle.loads(pickle.dumps(e, protocol=5))
+    except Exception:
+        e = None
+    return e, name, message, text
+)PY";
+
+/// The child: `python -c <common + this> <parent pid>`, its connection on descriptor 3.
+inline constexpr const char* kProcessChildSource = R"PY(
+
+def main():
+    import ctypes, importlib, signal
+    parent = int(sys.argv[1])
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the host
+    except Exception:
+        pass
+    if os.getppid() != parent:  # the host died before the line above
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's to handle
+    os.set_inheritable(3, False)
+    channel = Channel(socket.socket(fileno=3))
+    try:
+        kind, (path, module, function) = channel.receive()
+    except EOFError:
+        return
+    sys.path[:] = path
+    try:
+        fn = getattr(importlib.import_module(module), function)
+        if not callable(fn):
+            raise TypeError(f"{module}.{function} is not callable (it is a {type(fn).__name__})")
+    except BaseException as e:
+        channel.send(b"E", [describe(e)])
+        return
+    channel.send(b"R", [os.getpid()])
+    while True:
+        try:
+            kind, args = channel.receive()
+        except EOFError:
+            return
+        if kind == b"Q":
+            return
+        try:
+            box = [fn(*args)]  # the result's one reference: send() takes it out
+        except BaseException as e:
+            del args
+            channel.send(b"E", [describe(e)])
+            continue
+        del args
+        try:
+            channel.send(b"R", box)
+        except BaseException as e:
+            box.clear()
+            channel.send(b"E", [describe(e)])
+
+
+main()
+)PY";
+
+/// The host side, run once in the main interpreter as module _pyscheduler_process_v1.
+inline constexpr const char* kProcessHostSource = R"PY(
+import select, signal, threading, time
+
+
+class WorkerLost(Exception):
+    """The worker process died, or closed its connection, while it had a call."""
+
+
+class CallTimeout(Exception):
+    """A call ran longer than HandlerOptions::call_timeout; its worker was killed."""
+
+
+class RemoteTraceback(Exception):
+    def __str__(self):
+        return self.args[0]
+
+
+class RemoteError(Exception):
+    """An exception of the worker that could not be pickled: its type name and message."""
+
+
+def _status(status):
+    if os.WIFSIGNALED(status):
+        n = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(n).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {n} ({name})"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"ended with wait status {status}"
+
+
+class ProcessWorker:
+    """The function of one InterpreterKind::Process worker: calling it runs the
+    function in the worker's child process. Calls are serialized."""
+
+    def __init__(self, spawn, name, index, module, function, max_restarts, call_timeout):
+        self._spawn = spawn
+        self._name = f"{name} (process worker {index})"
+        self._module = module
+        self._function = function
+        self._max_restarts = max_restarts
+        self._timeout_ms = None if call_timeout <= 0 else max(1, round(call_timeout * 1000))
+        self._call_timeout = call_timeout
+        self._lock = threading.Lock()
+        self._channel = None
+        self._pid = None
+        self.pid = None
+        self._restarts_in_a_row = 0
+        self._last_loss = ""
+        self.restarts = 0
+        self._start()
+
+    def _start(self):
+        """Spawns the child and waits until it has imported the function. A child that
+        reports an import error raises ImportError; one that dies raises WorkerLost."""
+        host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._pid = self._spawn([sys.executable, "-c", CHILD_SOURCE, str(os.getpid())], child.fileno())
+        except BaseException:
+            host.close()
+            raise
+        finally:
+            child.close()
+        channel = Channel(host)
+        try:
+            channel.send(b"I", [(list(sys.path), self._module, self._function)])
+            kind, reply = self._receive(channel, None, "while importing the module")
+        except BaseException:
+            host.close()
+            self._reap(kill=True)
+            raise
+        if kind == b"E":
+            host.close()
+            self._reap(kill=True)
+            error, type_name, message, text = reply
+            raise ImportError(f"in the worker process: {type_name}: {message}\n{text}".rstrip())
+        self._channel = channel
+        self.pid = reply
+
+    def __call__(self, *args):
+        with self._lock:
+            if self._channel is None:
+                self._restart()
+            try:  # an argument that cannot be pickled raises here, before anything is sent
+                self._channel.send(b"C", [args])
+            except ConnectionError:  # the process died while idle: no call was lost, start another
+                self._lose(self._channel)
+                self._restart()
+                self._channel.send(b"C", [args])
+            kind, reply = self._receive(self._channel, self._timeout_ms, "while running a call")
+            self._restarts_in_a_row = 0
+            if kind == b"E":
+                error, type_name, message, text = reply
+                if error is None:
+                    error = RemoteError(f"{type_name}: {message}")
+                raise error from RemoteTraceback(text)
+            return reply
+
+    def _receive(self, channel, timeout_ms, doing):
+        if timeout_ms is not None:
+            poll = select.poll()
+            poll.register(channel.sock, select.POLLIN)
+            if not poll.poll(timeout_ms):
+                self._lose(channel)
+                raise CallTimeout(f"{self._name}: the call ran longer than call_timeout "
+                                  f"({self._call_timeout:g} s); its worker process was killed")
+        try:
+            return channel.receive()
+        except (EOFError, ConnectionError):
+            status = self._lose(channel)
+            raise WorkerLost(f"{self._name}: the worker process {status} {doing}") from None
+
+    def _lose(self, channel):
+        """The child is gone or must go: kills and reaps it; the next call restarts it."""
+        channel.sock.close()
+        if channel is self._channel:
+            self._channel = None
+        self._last_loss = self._reap(kill=True)
+        return self._last_loss
+
+    def _reap(self, kill):
+        pid, self._pid = self._pid, None
+        if kill:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored, or a reaper of the host's)
+            return f"{pid} ended (its exit status is unknown)"
+        return f"{pid} {_status(status)}"
+
+    def _restart(self):
+        if self._restarts_in_a_row >= self._max_restarts:
+            raise WorkerLost(f"{self._name}: the worker process is down: restarted {self._restarts_in_a_row} "
+                             f"times in a row without a successful call (max_restarts {self._max_restarts}); "
+                             f"the last worker process {self._last_loss}")
+        self._restarts_in_a_row += 1
+        time.sleep(min(0.05 * 2 ** (self._restarts_in_a_row - 1), 2.0))  # backoff; the GIL is released
+        try:
+            self._start()
+        except BaseException as e:
+            self._last_loss = f"could not be started: {e}"
+            raise WorkerLost(f"{self._name}: restarting the worker process failed: {e}") from None
+        self.restarts += 1
+
+    def close(self):
+        """Tells the child to quit and waits for it (killing it after 5 s)."""
+        with self._lock:
+            channel, self._channel = self._channel, None
+            if channel is None:
+                return
+            try:
+                channel.send(b"Q", [None])
+                poll = select.poll()
+                poll.register(channel.sock, select.POLLIN)
+                kill = not poll.poll(5000)
+            except OSError:
+                kill = True
+            channel.sock.close()
+            self._reap(kill)
+)PY";
+
+/// GIL held. The host module, made on first use (one per process: every copy of
+/// these headers shares it through sys.modules).
+inline py::module_ process_host_module() {
+    py::dict modules = py::module_::import("sys").attr("modules");
+    if (modules.contains("_pyscheduler_process_v1")) return modules["_pyscheduler_process_v1"];
+    py::module_ m = py::reinterpret_steal<py::module_>(PyModule_New("_pyscheduler_process_v1"));
+    if (!m) throw py::error_already_set();
+    m.attr("__builtins__") = py::module_::import("builtins");
+    py::exec(std::string(kProcessCommonSource) + kProcessHostSource, m.attr("__dict__"));
+    m.attr("CHILD_SOURCE") = std::string(kProcessCommonSource) + kProcessChildSource;
+    m.attr("spawn") = py::cpp_function([](const py::list& argv, int fd) {
+        std::vector<std::string> args;
+        for (py::handle a : argv) args.push_back(path_from_python(a));
+        pid_t pid = 0;
+        {
+            GilRelease unlocked;
+            pid = Spawner::instance().spawn(args, fd);
+        }
+        if (pid < 0) {
+            errno = -pid;
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, args.front().c_str());
+            throw py::error_already_set();
+        }
+        return pid;
+    });
+    modules["_pyscheduler_process_v1"] = m;
+    return m;
+}
+
+/// GIL held. A started worker process serving `module.function`, as the callable a
+/// pipeline worker calls. Throws std::invalid_argument when the child cannot import it.
+inline py::object start_process_worker(const std::string& module, const std::string& function,
+                                       const std::string& name, std::size_t index, int max_restarts,
+                                       double call_timeout_seconds) {
+    py::module_ host = process_host_module();
+    try {
+        return host.attr("ProcessWorker")(host.attr("spawn"), name, index, module, function, max_restarts,
+                                          call_timeout_seconds);
+    } catch (const py::error_already_set& e) {
+        throw std::invalid_argument("pyscheduler: cannot load " + name + ": " +
+                                    to_python_error(e, "starting worker process " + std::to_string(index)).what());
+    }
+}
+
+}  // namespace pyscheduler::detail

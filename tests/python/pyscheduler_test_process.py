@@ -1,0 +1,62 @@
+"""Run by InterpreterKind::Process workers in tests/test_process.cpp: each item is a
+tuple (operation, argument) and the function returns one result per item."""
+import ctypes
+import os
+import sys
+import time
+
+_kept = []
+
+
+def _one(op, arg):
+    if op == "square":
+        return arg * arg
+    if op == "pid":
+        return os.getpid()
+    if op == "environment":
+        return (sys.prefix, sys.executable, list(sys.path))
+    if op == "hang":  # says it started (its pid, in the file `arg`), then sleeps
+        with open(arg + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(arg + ".tmp", arg)
+        time.sleep(600)
+        return 0
+    if op == "sleep":
+        time.sleep(arg)
+        return arg
+    if op == "segfault":
+        return ctypes.string_at(0)
+    if op == "exit":
+        os._exit(arg)
+    if op == "raise":
+        raise ValueError(f"bad item {arg}")
+    if op == "error_item":  # the @pyscheduler.batched protocol: this item alone fails
+        return KeyError(arg)
+    if op == "double":  # a numpy array: twice it
+        return arg * 2
+    if op == "keep":  # keeps its input array (a view of shared memory) and returns a copy
+        _kept.append(arg)
+        return arg.copy()
+    if op == "kept_sums":  # the sums of every array kept so far
+        return [float(a.sum()) for a in _kept]
+    if op == "unpicklable":
+        return lambda: None
+    raise RuntimeError(f"unknown operation {op!r}")
+
+
+def run(batch):
+    return [_one(op, arg) for op, arg in batch]
+
+
+def run_or_error(batch):
+    """As run, but an item that raises fails alone (its exception is its result)."""
+    results = []
+    for op, arg in batch:
+        try:
+            results.append(_one(op, arg))
+        except Exception as e:
+            results.append(e)
+    return results
+
+
+not_callable = 42

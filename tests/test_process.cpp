@@ -1,0 +1,370 @@
+// InterpreterKind::Process: each worker is a child process running the function
+// (tests/python/pyscheduler_test_process.py, whose items are (operation, argument)
+// tuples). Crashes, os._exit, kill -9 and call_timeout fail exactly the call they hit,
+// and the worker comes back; arrays travel through shared memory; the host's death
+// takes its workers with it (tests/process_child.cpp).
+#include <signal.h>
+#include <sys/types.h>
+
+#include <cerrno>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "child_process.hpp"
+#include "test_support.hpp"
+
+namespace pyscheduler::test {
+namespace {
+
+using namespace pybind11::literals;
+
+HandlerOptions process_workers(std::size_t workers = 1, std::size_t batch_size = 1) {
+    HandlerOptions o;
+    o.interpreter = InterpreterKind::Process;
+    o.workers = workers;
+    o.batch_size = batch_size;
+    return o;
+}
+
+InvokeHandler load_process(const HandlerOptions& o, const std::string& function = "run") {
+    return python().loadPythonModule("pyscheduler_test_process", function, o);
+}
+
+/// The commit function of an item (operation, argument).
+auto op(std::string operation) {
+    return [operation = std::move(operation)](auto argument) { return std::make_tuple(operation, argument); };
+}
+
+std::future<long> queue_op(InvokeHandler& h, const std::string& operation, long argument) {
+    return h.queue_invoke(op(operation), cast_to<long>(), argument);
+}
+
+/// The pid of a worker process, through a synchronous invoke (round robin over workers).
+long worker_pid(InvokeHandler& h) {
+    return h.invoke<std::vector<long>>(std::vector<std::tuple<std::string, long>>{{"pid", 0}}).at(0);
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+/// A file that a hanging call writes its pid into once it has started.
+struct StartedFile {
+    std::string path = "/tmp/pyscheduler-test-process-" + std::to_string(::getpid()) + "-" +
+                       std::to_string(counter()++);
+    ~StartedFile() { std::remove(path.c_str()); }
+    static std::atomic<int>& counter() {
+        static std::atomic<int> n{0};
+        return n;
+    }
+    /// The pid the call wrote, once it has; -1 after kNoHang.
+    long wait_for_pid() const {
+        long pid = -1;
+        eventually([&] {
+            std::ifstream in(path);
+            return static_cast<bool>(in >> pid);
+        });
+        return pid;
+    }
+};
+
+bool process_is_gone(long pid) {
+    if (::kill(static_cast<pid_t>(pid), 0) != 0) return errno == ESRCH;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string pid_field, name, state;
+    stat >> pid_field >> name >> state;
+    return state == "Z" || state.empty();  // a zombie has ended; its reaper is not us
+}
+
+TEST(ProcessWorkers, RunTheFunctionInChildProcessesThatShareTheLoad) {
+    auto h = load_process(process_workers(2, 4));
+    std::vector<std::future<long>> futures;
+    for (long i = 0; i < 400; ++i) futures.push_back(queue_op(h, "square", i));
+    for (long i = 0; i < 400; ++i) EXPECT_EQ(futures[i].get(), i * i);
+    std::set<long> pids{worker_pid(h), worker_pid(h)};
+    EXPECT_EQ(pids.size(), 2u);
+    EXPECT_EQ(pids.count(::getpid()), 0u);
+    // Slow items: whichever worker is free takes the next batch, so both run some.
+    std::vector<std::future<long>> slow;
+    for (long i = 0; i < 40; ++i) slow.push_back(h.queue_invoke(op("sleep"), [](py::object) { return 0L; }, 0.005));
+    for (auto& f : slow) f.get();
+    const QueueStats stats = h.get_queue_stats();
+    ASSERT_EQ(stats.workers.size(), 2u);
+    EXPECT_EQ(stats.completed, 440u);
+    EXPECT_GT(stats.workers[0].items, 0u);
+    EXPECT_GT(stats.workers[1].items, 0u);
+}
+
+TEST(ProcessWorkers, SeeTheHostsEnvironment) {
+    auto h = load_process(process_workers());
+    auto seen = h.queue_invoke(op("environment"), [](py::object r) {
+                     return std::make_tuple(r[py::int_(0)].cast<std::string>(), r[py::int_(1)].cast<std::string>(),
+                                            r[py::int_(2)].cast<std::vector<std::string>>());
+                 }, 0L).get();
+    detail::GilHold gil;
+    py::module_ sys = py::module_::import("sys");
+    EXPECT_EQ(std::get<0>(seen), sys.attr("prefix").cast<std::string>());
+    EXPECT_EQ(std::get<1>(seen), sys.attr("executable").cast<std::string>());
+    EXPECT_EQ(std::get<2>(seen), sys.attr("path").cast<std::vector<std::string>>());
+}
+
+TEST(ProcessWorkers, KillNineFailsExactlyTheRunningBatchAndTheWorkerComesBack) {
+    auto h = load_process(process_workers(1, 1));
+    StartedFile started;
+    auto hung = h.queue_invoke(op("hang"), cast_to<long>(), started.path);
+    std::vector<std::future<long>> behind;
+    for (long i = 0; i < 20; ++i) behind.push_back(queue_op(h, "square", i));
+    const long pid = started.wait_for_pid();
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0);
+    const std::string what = what_of<WorkerLost>([&] { hung.get(); });
+    EXPECT_TRUE(contains(what, "worker process " + std::to_string(pid) + " was killed by signal 9 (SIGKILL)")) << what;
+    EXPECT_TRUE(contains(what, "pyscheduler_test_process.run (process worker 0)")) << what;
+    for (long i = 0; i < 20; ++i) EXPECT_EQ(behind[i].get(), i * i);  // queued items are not lost
+    const long restarted = worker_pid(h);
+    EXPECT_NE(restarted, pid);
+    EXPECT_TRUE(eventually([&] { return process_is_gone(pid); }));
+    const QueueStats stats = h.get_queue_stats();
+    EXPECT_EQ(stats.failed, 1u);
+    EXPECT_EQ(stats.completed, 20u);
+}
+
+TEST(ProcessWorkers, ASegfaultOrOsExitFailsItsBatchOnly) {
+    auto h = load_process(process_workers(1, 1));
+    auto segfault = queue_op(h, "segfault", 0);
+    auto a = queue_op(h, "square", 3);
+    auto exited = queue_op(h, "exit", 7);
+    auto b = queue_op(h, "square", 4);
+    const std::string crashed = what_of<WorkerLost>([&] { segfault.get(); });
+    EXPECT_TRUE(contains(crashed, "was killed by signal 11 (SIGSEGV) while running a call")) << crashed;
+    EXPECT_EQ(a.get(), 9);
+    EXPECT_TRUE(contains(what_of<WorkerLost>([&] { exited.get(); }), "exited with status 7 while running a call"));
+    EXPECT_EQ(b.get(), 16);
+}
+
+TEST(ProcessWorkers, CallTimeoutKillsTheCallAndRestartsTheWorker) {
+    HandlerOptions o = process_workers(1, 1);
+    o.call_timeout = std::chrono::milliseconds(300);
+    auto h = load_process(o);
+    const long before = worker_pid(h);
+    auto stuck = h.queue_invoke(op("sleep"), [](py::object) { return 0L; }, 600.0);
+    auto after = queue_op(h, "square", 5);
+    const std::string what = what_of<Timeout>([&] { stuck.get(); });
+    EXPECT_TRUE(contains(what, "ran longer than call_timeout (0.3 s); its worker process was killed")) << what;
+    EXPECT_EQ(after.get(), 25);
+    EXPECT_TRUE(eventually([&] { return process_is_gone(before); }));
+    // A synchronous invoke is a call too.
+    EXPECT_THROW(h.invoke<std::vector<long>>(std::vector<std::tuple<std::string, double>>{{"sleep", 600.0}}), Timeout);
+    EXPECT_EQ(queue_op(h, "square", 6).get(), 36);
+}
+
+TEST(ProcessWorkers, GiveUpAfterMaxRestartsInARow) {
+    HandlerOptions o = process_workers(1, 1);
+    o.max_restarts = 1;
+    auto h = load_process(o);
+    EXPECT_EQ(queue_op(h, "square", 2).get(), 4);
+    auto first = queue_op(h, "exit", 1);
+    auto second = queue_op(h, "exit", 1);  // runs in the restarted process, which dies too
+    auto third = queue_op(h, "square", 3);
+    EXPECT_THROW(first.get(), WorkerLost);
+    EXPECT_THROW(second.get(), WorkerLost);
+    const std::string down = what_of<WorkerLost>([&] { third.get(); });
+    EXPECT_TRUE(contains(down, "the worker process is down: restarted 1 times in a row")) << down;
+    EXPECT_TRUE(contains(down, "exited with status 1")) << down;
+}
+
+TEST(ProcessWorkers, ASuccessfulCallResetsTheRestartCount) {
+    HandlerOptions o = process_workers(1, 1);
+    o.max_restarts = 1;
+    auto h = load_process(o);
+    for (int round = 0; round < 3; ++round) {
+        EXPECT_THROW(queue_op(h, "exit", 1).get(), WorkerLost);
+        EXPECT_EQ(queue_op(h, "square", round).get(), round * round);
+    }
+}
+
+TEST(ProcessWorkers, PythonErrorsKeepTheirTypeAndTheWorkersTraceback) {
+    auto h = load_process(process_workers());
+    try {
+        queue_op(h, "raise", 7).get();
+        ADD_FAILURE() << "did not throw";
+    } catch (const PythonError& e) {
+        EXPECT_EQ(e.type_name(), "ValueError");
+        EXPECT_EQ(e.message(), "bad item 7");
+        EXPECT_TRUE(contains(e.traceback(), "pyscheduler_test_process.py")) << e.traceback();
+        EXPECT_TRUE(contains(e.traceback(), "raise ValueError")) << e.traceback();
+    }
+    // The @batched protocol: an exception instance as one item's result fails it alone.
+    auto per_item = load_process(process_workers(1, 2), "run_or_error");
+    const long pid = worker_pid(per_item);
+    auto bad = queue_op(per_item, "error_item", 1);
+    auto good = queue_op(per_item, "square", 3);
+    EXPECT_TRUE(contains(what_of<PythonError>([&] { bad.get(); }), "raised KeyError: 1"));
+    EXPECT_EQ(good.get(), 9);
+    EXPECT_EQ(worker_pid(per_item), pid);  // an error costs the worker nothing
+}
+
+TEST(ProcessWorkers, WhatCannotBePickledFailsTheCallNotTheWorker) {
+    auto h = load_process(process_workers());
+    const long pid = worker_pid(h);
+    auto lock_argument = h.queue_invoke(
+        [] { return py::make_tuple("square", py::module_::import("threading").attr("Lock")()); }, cast_to<long>());
+    EXPECT_TRUE(contains(what_of<PythonError>([&] { lock_argument.get(); }), "pickle"));
+    const std::string result = what_of<PythonError>([&] { queue_op(h, "unpicklable", 0).get(); });
+    EXPECT_TRUE(contains(result, "pickle")) << result;
+    EXPECT_EQ(queue_op(h, "square", 8).get(), 64);
+    EXPECT_EQ(worker_pid(h), pid);
+}
+
+/// Elements of the test arrays: 4 MiB of float64, larger than a first segment.
+constexpr long kElements = 1 << 19;
+
+/// A commit function: (operation, numpy.full(kElements, value)).
+auto array_item(const char* operation, double value) {
+    return [operation, value] {
+        return py::make_tuple(operation, py::module_::import("numpy").attr("full")(kElements, value));
+    };
+}
+
+TEST(ProcessWorkers, NumpyArraysTravelThroughSharedMemoryIntact) {
+    // Large arrays go out of band: written once into a segment, read as views of it.
+    // Each side keeps some of what it received (views of the other's segment) while
+    // later calls go on: a segment still viewed must never be overwritten.
+    auto h = load_process(process_workers(1, 4));
+    GilSafe<py::list> kept_here = [] {  // results kept by the host: views of the worker's segment
+        detail::GilHold gil;
+        return GilSafe<py::list>(py::list());
+    }();
+    std::vector<std::future<double>> sums;
+    for (int k = 0; k < 12; ++k) {
+        sums.push_back(h.queue_invoke(array_item("keep", k), [&kept_here](py::object r) {
+            kept_here.get().attr("append")(r);
+            return r.attr("sum")().cast<double>();
+        }));
+    }
+    for (int k = 0; k < 12; ++k) EXPECT_EQ(sums[k].get(), static_cast<double>(kElements) * k);
+    auto in_worker =
+        h.invoke<std::vector<std::vector<double>>>(std::vector<std::tuple<std::string, long>>{{"kept_sums", 0}});
+    ASSERT_EQ(in_worker.at(0).size(), 12u);
+    for (int k = 0; k < 12; ++k) EXPECT_EQ(in_worker[0][k], static_cast<double>(kElements) * k) << k;
+    {
+        detail::GilHold gil;
+        ASSERT_EQ(kept_here.get().size(), 12u);
+        for (int k = 0; k < 12; ++k) {
+            EXPECT_EQ(kept_here.get()[k].attr("sum")().cast<double>(), static_cast<double>(kElements) * k) << k;
+        }
+    }
+    // An array computed from an array comes back as a writable numpy array.
+    auto doubled = h.queue_invoke(array_item("double", 1.5), [](py::object r) {
+        return std::make_tuple(py::str(py::type::of(r).attr("__name__")).cast<std::string>(),
+                               r.attr("sum")().cast<double>(), r.attr("flags").attr("writeable").cast<bool>());
+    });
+    EXPECT_EQ(doubled.get(), std::make_tuple(std::string("ndarray"), 3.0 * kElements, true));
+}
+
+TEST(ProcessWorkers, OptionsTheyCannotHonourAreRefused) {
+    HandlerOptions main_kind;
+    main_kind.call_timeout = std::chrono::seconds(1);
+    EXPECT_TRUE(contains(what_of<std::invalid_argument>([&] { load_process(main_kind); }),
+                         "call_timeout needs InterpreterKind::Process"));
+    HandlerOptions negative = process_workers();
+    negative.max_restarts = -1;
+    EXPECT_TRUE(contains(what_of<std::invalid_argument>([&] { load_process(negative); }),
+                         "max_restarts must not be negative"));
+    auto h = load_process(process_workers());
+    const std::string stream = what_of<std::invalid_argument>([&] { h.stream<long>(op("square"), 1L); });
+    EXPECT_TRUE(contains(stream, "a generator cannot leave its process")) << stream;
+}
+
+TEST(ProcessWorkers, ImportErrorsInTheWorkerAreInvalidArgument) {
+    const std::string missing = what_of<std::invalid_argument>(
+        [] { python().loadPythonModule("pyscheduler_no_such_module", "f", process_workers()); });
+    EXPECT_TRUE(contains(missing, "cannot load pyscheduler_no_such_module.f")) << missing;
+    EXPECT_TRUE(contains(missing, "ModuleNotFoundError")) << missing;
+    const std::string not_callable = what_of<std::invalid_argument>([] { load_process(process_workers(), "not_callable"); });
+    EXPECT_TRUE(contains(not_callable, "is not callable (it is a int)")) << not_callable;
+}
+
+TEST(ProcessWorkers, ManyProducersAndInvokesWhileWorkersAreKilled) {
+    // Stress: 4 producers and 2 invoking threads on 3 workers, while this thread
+    // kill -9s worker processes. Every future completes: with its value, or with
+    // WorkerLost for the batches that were running when a kill landed.
+    HandlerOptions o = process_workers(3, 8);
+    o.max_restarts = 1000;
+    auto h = load_process(o);
+    std::atomic<long> values{0}, lost{0}, wrong{0}, invokes{0};
+    std::atomic<bool> producing{true};
+    std::vector<std::thread> threads;
+    for (int p = 0; p < 4; ++p) {
+        threads.emplace_back([&] {
+            std::vector<std::pair<long, std::future<long>>> futures;
+            for (long i = 0; i < 600; ++i) futures.emplace_back(i, queue_op(h, "square", i));
+            for (auto& [i, f] : futures) {
+                try {
+                    (f.get() == i * i ? values : wrong)++;
+                } catch (const WorkerLost&) {
+                    ++lost;
+                } catch (...) {
+                    ++wrong;
+                }
+            }
+        });
+    }
+    for (int t = 0; t < 2; ++t) {
+        threads.emplace_back([&] {
+            while (producing.load()) {
+                try {
+                    worker_pid(h);
+                    ++invokes;
+                } catch (const WorkerLost&) {
+                }
+            }
+        });
+    }
+    for (int kill = 0; kill < 5; ++kill) {
+        const long pid = worker_pid(h);
+        ::kill(static_cast<pid_t>(pid), SIGKILL);
+        eventually([&] { return process_is_gone(pid); });
+    }
+    for (int p = 0; p < 4; ++p) threads[p].join();
+    producing = false;
+    for (auto& t : threads) {
+        if (t.joinable()) t.join();
+    }
+    EXPECT_EQ(values + lost, 2400);
+    EXPECT_EQ(wrong, 0);
+    EXPECT_GT(values, 0);
+    EXPECT_GT(invokes, 0);
+}
+
+/// tests/process_child.cpp in `mode`: its output, and the worker pids it printed.
+/// The output goes through a file: workers that outlived the host would hold a pipe
+/// open, and reading it to its end would wait for them.
+std::pair<ChildResult, std::vector<long>> run_host(const std::string& mode) {
+    const std::string out = "/tmp/pyscheduler-test-process-host-" + std::to_string(::getpid()) + "-" + mode;
+    ChildResult r = run_command("timeout 120 '" PYSCHEDULER_PROCESS_CHILD "' " + mode + " > '" + out + "'");
+    std::ifstream file(out);
+    r.output.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+    std::remove(out.c_str());
+    std::vector<long> pids;
+    std::istringstream lines(r.output);
+    for (std::string line; std::getline(lines, line);) {
+        if (line.rfind("worker ", 0) == 0) pids.push_back(std::stol(line.substr(7)));
+    }
+    return {r, pids};
+}
+
+class HostDeath : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(HostDeath, TakesBusyWorkerProcessesWithIt) {
+    auto [r, pids] = run_host(GetParam());
+    EXPECT_NE(r.output.find("both workers busy"), std::string::npos) << r.output;
+    ASSERT_EQ(pids.size(), 2u) << r.output;
+    for (long pid : pids) EXPECT_TRUE(eventually([&] { return process_is_gone(pid); })) << pid;
+}
+
+INSTANTIATE_TEST_SUITE_P(Ways, HostDeath, ::testing::Values("sigkill", "exit", "return_with_leaked_handler"));
+
+}  // namespace
+}  // namespace pyscheduler::test
