@@ -361,7 +361,10 @@ TEST_P(HostDeath, TakesBusyWorkerProcessesWithIt) {
     auto [r, pids] = run_host(GetParam());
     EXPECT_NE(r.output.find("both workers busy"), std::string::npos) << r.output;
     ASSERT_EQ(pids.size(), 2u) << r.output;
-    for (long pid : pids) EXPECT_TRUE(eventually([&] { return process_is_gone(pid); })) << pid;
+    for (long pid : pids) {
+        ASSERT_GT(pid, 0) << r.output;  // the host saw the call start in that worker
+        EXPECT_TRUE(eventually([&] { return process_is_gone(pid); })) << pid;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Ways, HostDeath, ::testing::Values("sigkill", "exit", "return_with_leaked_handler"));

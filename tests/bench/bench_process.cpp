@@ -27,11 +27,13 @@ namespace {
 
 using pyscheduler::bench::python;
 
-InvokeHandler load(const char* fn, InterpreterKind kind, std::size_t workers, std::size_t prefetch = 4) {
+InvokeHandler load(const char* fn, InterpreterKind kind, std::size_t workers, std::size_t prefetch = 4,
+                   std::size_t batch_size = 1) {
     HandlerOptions o;
     o.interpreter = kind;
     o.workers = workers;
     o.prefetch_depth = prefetch;
+    o.batch_size = batch_size;
     return python().loadPythonModule("pyscheduler_bench_process", fn, o);
 }
 
@@ -65,17 +67,21 @@ double numpy_seconds(InvokeHandler& h, int items, int n) {
 /// item), batch 1. Two process workers against one Main worker and multiprocessing's
 /// Pool(2) (chunksize 1, and Pool.map's automatic chunking).
 /// x_one_main: speedup over one Main worker (target >= 1.7); x_pool_*: speedup over the pool (> 1).
+/// batched_x_pool_auto: two process workers with batch_size 32 (what chunking is to the
+/// pool) against the pool's automatic chunking.
 void BM_ProcessNumpyHoldingTheGil(benchmark::State& state) {
     const int n = static_cast<int>(state.range(0));
     const int items = std::max(200, 400000 / n);
     auto main_one = load("small_numpy", InterpreterKind::Main, 1);
     auto process_two = load("small_numpy", InterpreterKind::Process, 2);
+    auto batched_two = load("small_numpy", InterpreterKind::Process, 2, 2, 32);
     std::map<std::string, double> sum;
     for (auto _ : state) {
         sum["main"] += numpy_seconds(main_one, items, n);
         const double p = numpy_seconds(process_two, items, n);
         sum["process"] += p;
         state.SetIterationTime(p);
+        sum["batched"] += numpy_seconds(batched_two, items, n);
         for (const auto& [row, s] : multiprocessing_rows({"numpy", std::to_string(items), std::to_string(n)})) {
             sum[row] += s;
         }
@@ -84,6 +90,7 @@ void BM_ProcessNumpyHoldingTheGil(benchmark::State& state) {
     state.counters["x_one_main"] = sum["main"] / sum["process"];
     state.counters["x_pool_chunk1"] = sum["pool_chunksize_1"] / sum["process"];
     state.counters["x_pool_auto"] = sum["pool_chunksize_auto"] / sum["process"];
+    state.counters["batched_x_pool_auto"] = sum["pool_chunksize_auto"] / sum["batched"];
 }
 BENCHMARK(BM_ProcessNumpyHoldingTheGil)->Arg(20)->Arg(200)->Arg(2000)->Iterations(3)->UseManualTime()->Unit(
     benchmark::kMillisecond);
