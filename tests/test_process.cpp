@@ -263,6 +263,25 @@ TEST(ProcessWorkers, NumpyArraysTravelThroughSharedMemoryIntact) {
     EXPECT_EQ(doubled.get(), std::make_tuple(std::string("ndarray"), 3.0 * kElements, true));
 }
 
+TEST(ProcessWorkers, PayloadsOfEverySizeArriveIntact) {
+    // Small payloads ride inside the socket message (up to 16 KiB with the header);
+    // larger pickles go through the segments. Batch 1: each size is a call of its own,
+    // the sizes on either side of where a call's pickle passes the limit.
+    auto h = load_process(process_workers(1, 1));
+    const std::vector<std::size_t> sizes{0,     1,     100,   16000, 16300, 16320, 16330,  16340,
+                                         16350, 16360, 16384, 20000, 1 << 20, 3 << 20, 5};
+    for (int round = 0; round < 2; ++round) {  // the second round reuses the segments
+        std::vector<std::future<std::string>> echoed;
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+            echoed.push_back(h.queue_invoke(op("echo"), cast_to<std::string>(),
+                                            std::string(sizes[i], static_cast<char>('a' + i))));
+        }
+        for (std::size_t i = 0; i < sizes.size(); ++i) {
+            EXPECT_EQ(echoed[i].get(), std::string(sizes[i], static_cast<char>('a' + i))) << sizes[i];
+        }
+    }
+}
+
 TEST(ProcessWorkers, OptionsTheyCannotHonourAreRefused) {
     HandlerOptions main_kind;
     main_kind.call_timeout = std::chrono::seconds(1);

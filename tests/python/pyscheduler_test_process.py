@@ -32,6 +32,8 @@ def _one(op, arg):
         raise ValueError(f"bad item {arg}")
     if op == "error_item":  # the @pyscheduler.batched protocol: this item alone fails
         return KeyError(arg)
+    if op == "echo":
+        return arg
     if op == "double":  # a numpy array: twice it
         return arg * 2
     if op == "keep":  # keeps its input array (a view of shared memory) and returns a copy
