@@ -3,6 +3,7 @@
 // tuples). Crashes, os._exit, kill -9 and call_timeout fail exactly the call they hit,
 // and the worker comes back; arrays travel through shared memory; the host's death
 // takes its workers with it (tests/process_child.cpp).
+#include <pyscheduler/dlpack.hpp>
 #include <signal.h>
 #include <sys/types.h>
 
@@ -280,6 +281,53 @@ TEST(ProcessWorkers, PayloadsOfEverySizeArriveIntact) {
             EXPECT_EQ(echoed[i].get(), std::string(sizes[i], static_cast<char>('a' + i))) << sizes[i];
         }
     }
+}
+
+TEST(ProcessWorkers, CppTensorsArriveAsNumpyArrays) {
+    // A pyscheduler::Tensor crosses as a numpy array viewing its memory: out of band
+    // (through the segment) when large, inside the pickle when small.
+    auto h = load_process(process_workers(1, 2), "describe");
+    auto large = h.queue_invoke([] { return Tensor::from_vector(std::vector<double>(kElements, 2.0), {kElements}); },
+                                cast_to<std::tuple<std::string, double>>());
+    auto small = h.queue_invoke([] { return Tensor::from_vector(std::vector<float>{1, 2, 3}, {3}); },
+                                cast_to<std::tuple<std::string, double>>());
+    EXPECT_EQ(large.get(), std::make_tuple(std::string("ndarray"), 2.0 * kElements));
+    EXPECT_EQ(small.get(), std::make_tuple(std::string("ndarray"), 6.0));
+}
+
+TEST(ProcessWorkers, DlpackResultsComeBackAsTheirOwnTypeWithoutACopy) {
+    // Wrapped (tests/python) refuses to be pickled: it can only have come back through
+    // DLPack, rebuilt by its module's from_dlpack as a view of the worker's segment.
+    auto h = load_process(process_workers(1, 1), "wrapped");
+    auto seen = h.queue_invoke([] { return 100000L; }, [](py::object r) {
+        py::object array = r.attr("array");
+        return std::make_tuple(py::str(py::type::of(r).attr("__name__")).cast<std::string>(),
+                               array.attr("sum")().cast<double>(), array.attr("flags").attr("owndata").cast<bool>());
+    });
+    EXPECT_EQ(seen.get(), std::make_tuple(std::string("Wrapped"), 99999.0 * 100000 / 2, false));
+}
+
+/// A DLManagedTensor that claims to live on a CUDA device (its data is never read).
+struct OnCuda {
+    DLManagedTensor managed{};
+    std::int64_t shape[1] = {4};
+    float storage[4] = {};
+    OnCuda() {
+        managed.dl_tensor = DLTensor{storage, DLDevice{kDLCUDA, 0}, 1, DLDataType{kDLFloat, 32, 1}, shape, nullptr, 0};
+        managed.deleter = [](DLManagedTensor* self) { delete static_cast<OnCuda*>(self->manager_ctx); };
+        managed.manager_ctx = this;
+    }
+};
+
+TEST(ProcessWorkers, ADeviceTensorIsRefusedWithTheReason) {
+    auto h = load_process(process_workers(1, 1), "describe");
+    auto f = h.queue_invoke([] { return Tensor::adopt(&(new OnCuda)->managed); },
+                            cast_to<std::tuple<std::string, double>>());
+    const std::string what = what_of<PythonError>([&] { f.get(); });
+    EXPECT_TRUE(contains(what, "only CPU tensors do")) << what;
+    auto next = h.queue_invoke([] { return Tensor::from_vector(std::vector<double>{1, 2}, {2}); },
+                               cast_to<std::tuple<std::string, double>>());
+    EXPECT_EQ(next.get(), std::make_tuple(std::string("ndarray"), 3.0)) << "the worker carries on";
 }
 
 TEST(ProcessWorkers, OptionsTheyCannotHonourAreRefused) {

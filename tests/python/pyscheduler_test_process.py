@@ -62,3 +62,37 @@ def run_or_error(batch):
 
 
 not_callable = 42
+
+
+def describe(batch):
+    """Each item as (its type's name, its sum): what a C++ tensor arrives as."""
+    return [(type(a).__name__, float(a.sum())) for a in batch]
+
+
+class Wrapped:
+    """A tensor type of its own that only DLPack can move (pickling it refuses), as a
+    torch tensor stands for: it must travel as its buffer and come back as a Wrapped."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+    def __reduce__(self):
+        raise TypeError("Wrapped travels through DLPack only")
+
+
+def from_dlpack(x):
+    """As torch.from_dlpack: a Wrapped viewing x's memory."""
+    import numpy
+    return Wrapped(numpy.from_dlpack(x))
+
+
+def wrapped(batch):
+    """Each item n as a Wrapped of numpy.arange(n) (float64)."""
+    import numpy
+    return [Wrapped(numpy.arange(n, dtype=numpy.float64)) for n in batch]

@@ -18,10 +18,11 @@
 // wake-ups, and the file descriptors of new segments). A small payload (a pickle of
 // at most 16 KiB with the header, nothing out of band: most batches of small items)
 // rides in the header's message; any other goes through shared memory, one memfd
-// segment per direction, written by its sender. A payload is
-// pickled with protocol 5: large buffers (numpy arrays, bytearrays, anything pickle 5
-// serializes out of band) are copied once, into the segment, and read as views of it
-// by the receiver, with no further copy. A segment is reused only when the receiver
+// segment per direction, written by its sender. A payload is pickled with protocol 5:
+// large buffers (numpy arrays, bytearrays, anything pickle 5 serializes out of band,
+// and DLPack tensors on the CPU, which the pickler turns into numpy arrays viewing
+// them: _Pickler) are copied once, into the segment, and read as views of it by the
+// receiver, with no further copy. A segment is reused only when the receiver
 // holds no view of it any more (it says so in its next header); otherwise, or when a
 // payload does not fit, the sender makes a new one and sends its descriptor along.
 // Small buffers (< 4 KiB) stay inside the pickle.
@@ -141,7 +142,7 @@ private:
 
 /// Framing shared by the host and the child (see the top of this file).
 inline constexpr const char* kProcessCommonSource = R"PY(
-import array, mmap, os, pickle, socket, struct, sys, time
+import array, importlib, io, mmap, os, pickle, socket, struct, sys, time
 
 HEADER = struct.Struct("<cBxxIQ")  # kind, flags, out-of-band buffers, pickle length
 NEW_SEGMENT = 1     # a descriptor comes with the header: the sender's new segment
@@ -159,6 +160,52 @@ def _align(n):
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
+def _from_dlpack(package, array):
+    """Receiver: `array` (a view of shared memory) as a tensor of `package` through
+    its from_dlpack (torch.from_dlpack, say), without a copy; the array itself when
+    the package has none (a pyscheduler.Tensor arrives as a numpy array)."""
+    if package not in ("numpy", "pyscheduler"):
+        try:
+            return importlib.import_module(package).from_dlpack(array)
+        except (ImportError, AttributeError):
+            pass
+    return array
+
+
+_from_dlpack.__module__ = "_pyscheduler_process_v1"  # the child aliases that name to itself
+
+
+class _Pickler(pickle.Pickler):
+    """Pickle protocol 5, and DLPack tensors on the CPU (a pyscheduler.Tensor, a torch
+    tensor) as a numpy array viewing their memory, so that they travel out of band
+    like numpy arrays (one copy each way) and are rebuilt as their own type."""
+
+    def reducer_override(self, obj):
+        kind = type(obj)
+        if kind.__module__ == "numpy" or not hasattr(kind, "__dlpack__"):
+            return NotImplemented  # numpy arrays pickle themselves out of band
+        package = kind.__module__.partition(".")[0]
+        try:
+            device = obj.__dlpack_device__()[0]
+        except Exception:
+            return NotImplemented
+        if device != 1:  # kDLCPU
+            if package == "pyscheduler":
+                raise TypeError(f"a pyscheduler.Tensor on DLPack device type {device} cannot travel to or from "
+                                "a worker process: only CPU tensors do (through shared memory); copy it to the "
+                                "host first")
+            return NotImplemented  # as the package pickles it (torch copies a CUDA tensor through the CPU)
+        try:
+            import numpy
+            array = numpy.from_dlpack(obj)
+        except Exception as e:
+            if package == "pyscheduler":
+                raise TypeError(f"a pyscheduler.Tensor cannot travel to a worker process without numpy "
+                                f"(numpy.from_dlpack failed: {e})") from None
+            return NotImplemented
+        return _from_dlpack, (package, array)
+
+
 class Channel:
     """One end of a worker's connection: a SOCK_SEQPACKET socket for headers and
     descriptors, one shared-memory segment per direction for payloads."""
@@ -168,6 +215,16 @@ class Channel:
         self.out = None            # the segment this end writes
         self.peer_holds = False    # the peer still reads views of self.out
         self.inp = None            # the segment the peer writes
+        self._file = io.BytesIO()  # the pickler writes here (both reused from call to call)
+        self._buffers = []
+        self._pickler = _Pickler(self._file, protocol=5, buffer_callback=self._out_of_band)
+
+    def _out_of_band(self, pb):
+        raw = pb.raw()
+        if raw.nbytes < INLINE_BELOW:
+            return True
+        self._buffers.append(raw)
+        return False
 
     def holding(self):
         # The views handed out by receive() each hold a reference to the mapping;
@@ -177,16 +234,19 @@ class Channel:
     def send(self, kind, box):
         """Sends box's one object, taken out of it: once the object is copied into the
         segment, this end holds no reference to it (it may hold views of self.inp)."""
-        buffers = []
+        f, buffers = self._file, self._buffers
+        f.seek(0)
+        f.truncate()
+        try:
+            try:
+                self._pickler.dump(box.pop())
+            finally:
+                self._pickler.clear_memo()  # it holds what it pickled
+            self._send_pickled(kind, f.getvalue(), buffers)
+        finally:
+            buffers.clear()
 
-        def out_of_band(pb):
-            raw = pb.raw()
-            if raw.nbytes < INLINE_BELOW:
-                return True
-            buffers.append(raw)
-            return False
-
-        data = pickle.dumps(box.pop(), protocol=5, buffer_callback=out_of_band)
+    def _send_pickled(self, kind, data, buffers):
         if not buffers and len(data) <= MESSAGE_MAX - HEADER.size:
             # Small, nothing out of band: one message carries it, no segment is touched.
             flags = INLINE | (READER_HOLDS if self.holding() else 0)
@@ -307,7 +367,8 @@ POLL_LIMIT = 200e-6
 
 
 def main():
-    import ctypes, importlib, signal
+    import ctypes, signal
+    sys.modules["_pyscheduler_process_v1"] = sys.modules[__name__]  # where _from_dlpack is found
     parent = int(sys.argv[1])
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the host
