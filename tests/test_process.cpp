@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <numeric>
 #include <set>
 #include <sstream>
 
@@ -328,6 +329,57 @@ TEST(ProcessWorkers, ADeviceTensorIsRefusedWithTheReason) {
     auto next = h.queue_invoke([] { return Tensor::from_vector(std::vector<double>{1, 2}, {2}); },
                                cast_to<std::tuple<std::string, double>>());
     EXPECT_EQ(next.get(), std::make_tuple(std::string("ndarray"), 3.0)) << "the worker carries on";
+}
+
+TEST(ProcessWorkers, PauseDeadlinesGroupsAndDependenciesWorkAsOnAnyHandler) {
+    HandlerOptions o = process_workers(2, 4);
+    o.queue_capacity = 64;
+    auto h = load_process(o);
+    // Paused: items queue, and none runs until resume().
+    h.pause();
+    std::vector<std::future<long>> held;
+    for (long i = 0; i < 20; ++i) held.push_back(queue_op(h, "square", i));
+    ItemOptions late;
+    late.deadline = std::chrono::steady_clock::now();
+    auto expired = h.queue_invoke(late, op("square"), cast_to<long>(), 3L);
+    EXPECT_EQ(h.get_queue_stats().completed, 0u);
+    h.resume();
+    for (long i = 0; i < 20; ++i) EXPECT_EQ(held[i].get(), i * i);
+    EXPECT_THROW(expired.get(), Timeout);
+    // A group (map) of 50 items, in input order.
+    std::vector<long> inputs(50);
+    std::iota(inputs.begin(), inputs.end(), 0L);
+    auto mapped = h.map(inputs, op("square"), cast_to<long>());
+    for (long i = 0; i < 50; ++i) EXPECT_EQ(mapped.futures[i].get(), i * i);
+    // A Main handler's future as an argument: the process item waits for it, no thread blocked.
+    auto in_host = python().loadPythonModule("pyscheduler_test_process", "run", HandlerOptions{});
+    Future<long> seven_squared = in_host.submit(op("square"), cast_to<long>(), 7L);
+    Future<long> again = h.submit(op("square"), cast_to<long>(), std::move(seven_squared));
+    EXPECT_EQ(again.get(), 49L * 49L);
+}
+
+TEST(ProcessWorkers, ShutdownCancelFailsWhatHasNotReachedTheWorker) {
+    auto h = load_process(process_workers(1, 1));
+    StartedFile started;
+    auto sleeping = h.queue_invoke(op("started_sleep"), cast_to<double>(), started.path);  // the worker, for 1 s
+    std::vector<std::future<long>> behind;
+    for (long i = 0; i < 20; ++i) behind.push_back(queue_op(h, "square", i));
+    ASSERT_GT(started.wait_for_pid(), 0);
+    h.shutdown(ShutdownMode::Cancel);
+    EXPECT_EQ(sleeping.get(), 1.0) << "a call already in the worker finishes";
+    int values = 0, cancelled = 0, other = 0;
+    for (long i = 0; i < 20; ++i) {
+        try {
+            (behind[i].get() == i * i ? values : other)++;
+        } catch (const Cancelled&) {
+            ++cancelled;
+        } catch (...) {
+            ++other;
+        }
+    }
+    EXPECT_EQ(values + cancelled, 20);
+    EXPECT_EQ(other, 0);
+    EXPECT_GE(cancelled, 1);
 }
 
 TEST(ProcessWorkers, OptionsTheyCannotHonourAreRefused) {

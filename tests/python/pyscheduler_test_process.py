@@ -21,6 +21,12 @@ def _one(op, arg):
         os.rename(arg + ".tmp", arg)
         time.sleep(600)
         return 0
+    if op == "started_sleep":  # says it started (as "hang" does), then sleeps a second
+        with open(arg + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(arg + ".tmp", arg)
+        time.sleep(1.0)
+        return 1.0
     if op == "sleep":
         time.sleep(arg)
         return arg
