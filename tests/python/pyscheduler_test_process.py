@@ -8,6 +8,13 @@ import time
 _kept = []
 
 
+def _say_started(path):
+    """Writes this process's pid into the file `path`, all at once."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+
+
 def _one(op, arg):
     if op == "square":
         return arg * arg
@@ -15,16 +22,12 @@ def _one(op, arg):
         return os.getpid()
     if op == "environment":
         return (sys.prefix, sys.executable, list(sys.path))
-    if op == "hang":  # says it started (its pid, in the file `arg`), then sleeps
-        with open(arg + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(arg + ".tmp", arg)
+    if op == "hang":  # says it started, then sleeps
+        _say_started(arg)
         time.sleep(600)
         return 0
-    if op == "started_sleep":  # says it started (as "hang" does), then sleeps a second
-        with open(arg + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(arg + ".tmp", arg)
+    if op == "started_sleep":  # says it started, then sleeps a second
+        _say_started(arg)
         time.sleep(1.0)
         return 1.0
     if op == "sleep":
