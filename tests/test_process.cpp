@@ -308,6 +308,21 @@ TEST(ProcessWorkers, DlpackResultsComeBackAsTheirOwnTypeWithoutACopy) {
     EXPECT_EQ(seen.get(), std::make_tuple(std::string("Wrapped"), 99999.0 * 100000 / 2, false));
 }
 
+TEST(ProcessWorkers, ArraySubclassesKeepTheirOwnPickling) {
+    // A masked array speaks DLPack too, but must not travel as a bare buffer: its mask would be lost.
+    auto h = load_process(process_workers(1, 1));
+    auto seen = h.queue_invoke(
+        [] {
+            py::object masked = py::module_::import("numpy.ma").attr("masked_array");
+            return py::make_tuple("echo", masked(py::make_tuple(1, 2, 3), "mask"_a = py::make_tuple(0, 1, 0)));
+        },
+        [](py::object r) {
+            return std::make_tuple(py::str(py::type::of(r).attr("__name__")).cast<std::string>(),
+                                   r.attr("mask").attr("sum")().cast<long>(), r.attr("sum")().cast<long>());
+        });
+    EXPECT_EQ(seen.get(), std::make_tuple(std::string("MaskedArray"), 1L, 4L));
+}
+
 /// A DLManagedTensor that claims to live on a CUDA device (its data is never read).
 struct OnCuda {
     DLManagedTensor managed{};

@@ -20,8 +20,8 @@
 // rides in the header's message; any other goes through shared memory, one memfd
 // segment per direction, written by its sender. A payload is pickled with protocol 5:
 // large buffers (numpy arrays, bytearrays, anything pickle 5 serializes out of band,
-// and DLPack tensors on the CPU, which the pickler turns into numpy arrays viewing
-// them: _Pickler) are copied once, into the segment, and read as views of it by the
+// and DLPack tensors on the CPU, which _Pickler turns into numpy arrays viewing them)
+// are copied once, into the segment, and read as views of it by the
 // receiver, with no further copy. A segment is reused only when the receiver
 // holds no view of it any more (it says so in its next header); otherwise, or when a
 // payload does not fit, the sender makes a new one and sends its descriptor along.
@@ -176,15 +176,24 @@ _from_dlpack.__module__ = "_pyscheduler_process_v1"  # the child aliases that na
 
 
 class _Pickler(pickle.Pickler):
-    """Pickle protocol 5, and DLPack tensors on the CPU (a pyscheduler.Tensor, a torch
-    tensor) as a numpy array viewing their memory, so that they travel out of band
-    like numpy arrays (one copy each way) and are rebuilt as their own type."""
+    """Pickle protocol 5, where DLPack tensors on the CPU travel as a numpy array
+    viewing their memory: out of band, like numpy arrays (one copy each way), and
+    rebuilt on the other side as their own type. That holds for a pyscheduler.Tensor
+    and a torch.Tensor (exactly that type: a subclass keeps its own pickling), and,
+    with `dlpack_all` (the second try after pickle refused an object), for any DLPack
+    object that is not a numpy array."""
+
+    dlpack_all = False
 
     def reducer_override(self, obj):
         kind = type(obj)
-        if kind.__module__ == "numpy" or not hasattr(kind, "__dlpack__"):
-            return NotImplemented  # numpy arrays pickle themselves out of band
+        if not hasattr(kind, "__dlpack__"):
+            return NotImplemented
         package = kind.__module__.partition(".")[0]
+        if package == "pyscheduler" or (package == "torch" and kind.__qualname__ == "Tensor"):
+            pass
+        elif not self.dlpack_all or package == "numpy" or isinstance(obj, _numpy_array_type()):
+            return NotImplemented
         try:
             device = obj.__dlpack_device__()[0]
         except Exception:
@@ -202,8 +211,13 @@ class _Pickler(pickle.Pickler):
             if package == "pyscheduler":
                 raise TypeError(f"a pyscheduler.Tensor cannot travel to a worker process without numpy "
                                 f"(numpy.from_dlpack failed: {e})") from None
-            return NotImplemented
+            return NotImplemented  # a torch tensor that requires grad, say: torch pickles it
         return _from_dlpack, (package, array)
+
+
+def _numpy_array_type():
+    numpy = sys.modules.get("numpy")
+    return numpy.ndarray if numpy is not None else ()
 
 
 class Channel:
@@ -234,17 +248,31 @@ class Channel:
     def send(self, kind, box):
         """Sends box's one object, taken out of it: once the object is copied into the
         segment, this end holds no reference to it (it may hold views of self.inp)."""
-        f, buffers = self._file, self._buffers
-        f.seek(0)
-        f.truncate()
+        obj = box.pop()
         try:
             try:
-                self._pickler.dump(box.pop())
-            finally:
-                self._pickler.clear_memo()  # it holds what it pickled
-            self._send_pickled(kind, f.getvalue(), buffers)
+                data = self._pickle(obj, dlpack_all=False)
+            except (pickle.PicklingError, TypeError, AttributeError) as refused:
+                try:  # DLPack objects that pickle refuses may still travel as their buffers
+                    data = self._pickle(obj, dlpack_all=True)
+                except BaseException:
+                    raise refused from None
+            del obj
+            self._send_pickled(kind, data, self._buffers)
         finally:
-            buffers.clear()
+            self._buffers.clear()
+
+    def _pickle(self, obj, dlpack_all):
+        f, p = self._file, self._pickler
+        f.seek(0)
+        f.truncate()
+        self._buffers.clear()
+        p.dlpack_all = dlpack_all
+        try:
+            p.dump(obj)
+        finally:
+            p.clear_memo()  # it holds what it pickled
+        return f.getvalue()
 
     def _send_pickled(self, kind, data, buffers):
         if not buffers and len(data) <= MESSAGE_MAX - HEADER.size:
