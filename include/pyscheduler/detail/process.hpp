@@ -172,9 +172,6 @@ def _from_dlpack(package, array):
     return array
 
 
-_from_dlpack.__module__ = "_pyscheduler_process_v1"  # the child aliases that name to itself
-
-
 class _Pickler(pickle.Pickler):
     """Pickle protocol 5, where DLPack tensors on the CPU travel as a numpy array
     viewing their memory: out of band, like numpy arrays (one copy each way), and
@@ -190,9 +187,8 @@ class _Pickler(pickle.Pickler):
         if not hasattr(kind, "__dlpack__"):
             return NotImplemented
         package = kind.__module__.partition(".")[0]
-        if package == "pyscheduler" or (package == "torch" and kind.__qualname__ == "Tensor"):
-            pass
-        elif not self.dlpack_all or package == "numpy" or isinstance(obj, _numpy_array_type()):
+        always = package == "pyscheduler" or (package == "torch" and kind.__qualname__ == "Tensor")
+        if not always and (not self.dlpack_all or package == "numpy" or isinstance(obj, _numpy_array_type())):
             return NotImplemented
         try:
             device = obj.__dlpack_device__()[0]
@@ -381,7 +377,8 @@ def describe(e):
     return e, name, message, text
 )PY";
 
-/// The child: `python -c <common + this> <parent pid>`, its connection on descriptor 3.
+/// The child: `python -c <HOST_MODULE = ... + common + this> <parent pid>`, its
+/// connection on descriptor 3.
 inline constexpr const char* kProcessChildSource = R"PY(
 
 # Waking a parked process costs tens of microseconds on a virtual machine (about 45 us of
@@ -396,7 +393,9 @@ POLL_LIMIT = 200e-6
 
 def main():
     import ctypes, signal
-    sys.modules["_pyscheduler_process_v1"] = sys.modules[__name__]  # where _from_dlpack is found
+    # Pickles name _from_dlpack by the host module's name: here, that is this module.
+    sys.modules[HOST_MODULE] = sys.modules[__name__]
+    _from_dlpack.__module__ = HOST_MODULE
     parent = int(sys.argv[1])
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the host
@@ -447,7 +446,10 @@ def main():
 main()
 )PY";
 
-/// The host side, run once in the main interpreter as module _pyscheduler_process_v1.
+/// The name of the host module (the sources above run in it, in the main interpreter).
+inline constexpr const char* kProcessHostModule = "_pyscheduler_process_v1";
+
+/// The host side, run once in the main interpreter as module kProcessHostModule.
 inline constexpr const char* kProcessHostSource = R"PY(
 import select, signal, threading, time
 
@@ -619,12 +621,13 @@ class ProcessWorker:
 /// these headers shares it through sys.modules).
 inline py::module_ process_host_module() {
     py::dict modules = py::module_::import("sys").attr("modules");
-    if (modules.contains("_pyscheduler_process_v1")) return modules["_pyscheduler_process_v1"];
-    py::module_ m = py::reinterpret_steal<py::module_>(PyModule_New("_pyscheduler_process_v1"));
+    if (modules.contains(kProcessHostModule)) return modules[kProcessHostModule];
+    py::module_ m = py::reinterpret_steal<py::module_>(PyModule_New(kProcessHostModule));
     if (!m) throw py::error_already_set();
     m.attr("__builtins__") = py::module_::import("builtins");
     py::exec(std::string(kProcessCommonSource) + kProcessHostSource, m.attr("__dict__"));
-    m.attr("CHILD_SOURCE") = std::string(kProcessCommonSource) + kProcessChildSource;
+    m.attr("CHILD_SOURCE") = "HOST_MODULE = \"" + std::string(kProcessHostModule) + "\"\n" + kProcessCommonSource +
+                             kProcessChildSource;
     m.attr("spawn") = py::cpp_function([](const py::list& argv, int fd) {
         std::vector<std::string> args;
         for (py::handle a : argv) args.push_back(path_from_python(a));
@@ -640,7 +643,7 @@ inline py::module_ process_host_module() {
         }
         return pid;
     });
-    modules["_pyscheduler_process_v1"] = m;
+    modules[kProcessHostModule] = m;
     return m;
 }
 
