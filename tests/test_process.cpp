@@ -397,6 +397,53 @@ TEST(ProcessWorkers, ShutdownCancelFailsWhatHasNotReachedTheWorker) {
     EXPECT_GE(cancelled, 1);
 }
 
+TEST(ProcessWorkers, ChildrenMayPollOnlyWhileTheHostHasACoreForEachWorkerProcessAndMore) {
+    // The host counts its worker processes (every handler's) and tells each call's child
+    // whether it may poll for the next call (POLL in the call's header) or must park.
+    python();  // the interpreter
+    auto host_value = [](const char* name) {
+        detail::GilHold gil;
+        return detail::process_host_module().attr(name).cast<long>();
+    };
+    auto poll_flag = [] {
+        detail::GilHold gil;
+        return detail::process_host_module().attr("_poll_flag")().cast<long>();
+    };
+    const long cores = host_value("_CORES");
+    const long poll = host_value("POLL");
+    const long before = host_value("_workers");
+    {
+        auto one = load_process(process_workers(1));
+        EXPECT_EQ(host_value("_workers"), before + 1);
+        EXPECT_EQ(poll_flag(), before + 1 < cores ? poll : 0);
+        auto as_many_as_cores = load_process(process_workers(static_cast<std::size_t>(cores)));
+        EXPECT_EQ(host_value("_workers"), before + 1 + cores);
+        EXPECT_EQ(poll_flag(), 0);
+        EXPECT_EQ(queue_op(as_many_as_cores, "square", 7).get(), 49);
+    }
+    EXPECT_EQ(host_value("_workers"), before);
+
+    // The flag travels in the header, inline and through the segment alike.
+    detail::GilHold gil;
+    py::module_ host = detail::process_host_module();
+    py::module_ socket = py::module_::import("socket");
+    py::tuple pair = socket.attr("socketpair")(socket.attr("AF_UNIX"), socket.attr("SOCK_SEQPACKET"));
+    py::object sender = host.attr("Channel")(pair[0]);
+    py::object receiver = host.attr("Channel")(pair[1]);
+    for (std::size_t size : {std::size_t{10}, std::size_t{1} << 20}) {
+        for (long flags : {poll, 0L}) {
+            py::list box;
+            box.append(py::bytes(std::string(size, 'x')));
+            sender.attr("send")(py::bytes("C"), box, flags);
+            py::tuple received = receiver.attr("receive")();
+            EXPECT_EQ(received[1].cast<std::string>().size(), size);
+            EXPECT_EQ(receiver.attr("peer_says_poll").cast<bool>(), flags != 0) << size;
+        }
+    }
+    pair[0].attr("close")();
+    pair[1].attr("close")();
+}
+
 TEST(ProcessWorkers, OptionsTheyCannotHonourAreRefused) {
     HandlerOptions main_kind;
     main_kind.call_timeout = std::chrono::seconds(1);
