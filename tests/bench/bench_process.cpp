@@ -64,10 +64,21 @@ double numpy_seconds(InvokeHandler& h, int items, int n) {
     return s;
 }
 
+/// Seconds for `items` calls of small_numpy([n]) made by `workers` Python threads, each
+/// on its own worker process, through the host module's ProcessWorker directly: the
+/// transport's limit, without the pipeline (process_driver_seconds).
+double driver_seconds(int items, int n, int workers) {
+    pyscheduler::detail::GilHold gil;
+    return py::module_::import("pyscheduler_bench_process")
+        .attr("process_driver_seconds")(pyscheduler::detail::process_host_module(), items, n, workers)
+        .cast<double>();
+}
+
 /// Issue #15, benchmark 1: Python-heavy numpy that holds the GIL (n tiny numpy calls per
 /// item), batch 1. Two process workers against one Main worker and multiprocessing's
 /// Pool(2) (chunksize 1, and Pool.map's automatic chunking).
-/// x_one_main: speedup over one Main worker (target >= 1.7); x_pool_*: speedup over the pool (> 1).
+/// x_one_main: speedup over one Main worker (target >= 1.7); x_pool_*: speedup over the pool (> 1);
+/// x_driver: the bare transport's time over ours (1 = the pipeline adds nothing).
 /// batched_x_pool_auto: two process workers with batch_size 32 (what chunking is to the
 /// pool) against the pool's automatic chunking.
 void BM_ProcessNumpyHoldingTheGil(benchmark::State& state) {
@@ -83,12 +94,14 @@ void BM_ProcessNumpyHoldingTheGil(benchmark::State& state) {
         sum["process"] += p;
         state.SetIterationTime(p);
         sum["batched"] += numpy_seconds(batched_two, items, n);
+        sum["driver"] += driver_seconds(items, n, 2);
         for (const auto& [row, s] : multiprocessing_rows({"numpy", std::to_string(items), std::to_string(n)})) {
             sum[row] += s;
         }
     }
     state.counters["item_us"] = sum["main"] / (items * static_cast<double>(state.iterations())) * 1e6;
     state.counters["x_one_main"] = sum["main"] / sum["process"];
+    state.counters["x_driver"] = sum["driver"] / sum["process"];
     state.counters["x_pool_chunk1"] = sum["pool_chunksize_1"] / sum["process"];
     state.counters["x_pool_auto"] = sum["pool_chunksize_auto"] / sum["process"];
     state.counters["batched_x_pool_auto"] = sum["pool_chunksize_auto"] / sum["batched"];
