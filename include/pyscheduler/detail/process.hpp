@@ -148,7 +148,7 @@ HEADER = struct.Struct("<cBxxIQ")  # kind, flags, out-of-band buffers, pickle le
 NEW_SEGMENT = 1     # a descriptor comes with the header: the sender's new segment
 READER_HOLDS = 2    # the sender still holds views of the last segment it received
 INLINE = 4          # the payload follows the header in the message (no segment)
-POLL = 8            # a call: the cores are not all busy, the child may poll for the next one
+POLL = 8            # a call: the host has a core for each worker process and more (the child may poll)
 ALIGN = 64
 MIN_SEGMENT = 1 << 20
 INLINE_BELOW = 4096
@@ -388,11 +388,11 @@ inline constexpr const char* kProcessChildSource = R"PY(
 # a 66 us round trip measured on a 2-vCPU VM), so while calls come close together the
 # child polls before it parks: for twice the moving average of its recent waits, when
 # that average is at most POLL_LIMIT seconds (the pipeline's IdleBudget, in Python), and
-# only after a call that came with POLL: the host sets it while fewer of its worker
-# processes have a call than it has cores. A polling child holds a core; with a busy
+# only after a call that came with POLL: the host sets it while it has fewer worker
+# processes (every handler's) than cores. A polling child holds a core; with a busy
 # worker on every core, that core is what the host needs to send the next calls
 # (measured with two workers on 2 vCPUs, 26 us items: 38 us an item without polling,
-# 50 with it; one worker: 78 with polling, 127 without).
+# 50 with it; one worker: 78 with polling, 127 without; see README, Process workers).
 # It stops polling as soon as a yield ran another thread (Channel.receive): then the
 # cores are busy, and every further yield would be a context switch taken from the
 # host's threads (measured at 26 us items on 2 vCPUs: 7.8 yields an item before).
