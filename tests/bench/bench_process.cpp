@@ -65,13 +65,17 @@ double numpy_seconds(InvokeHandler& h, int items, int n) {
 }
 
 /// Seconds for `items` calls of small_numpy([n]) made by `workers` Python threads, each
-/// on its own worker process, through the host module's ProcessWorker directly: the
-/// transport's limit, without the pipeline (process_driver_seconds).
+/// on its own worker process, calling the worker's proxy (what a Process handler's
+/// executor calls) directly: the transport's limit, without the pipeline
+/// (process_driver_seconds).
 double driver_seconds(int items, int n, int workers) {
     pyscheduler::detail::GilHold gil;
-    return py::module_::import("pyscheduler_bench_process")
-        .attr("process_driver_seconds")(pyscheduler::detail::process_host_module(), items, n, workers)
-        .cast<double>();
+    py::list procs;
+    for (int i = 0; i < workers; ++i) {
+        procs.append(pyscheduler::detail::start_process_worker("pyscheduler_bench_process", "small_numpy", "driver",
+                                                               static_cast<std::size_t>(i), 0, 0.0));
+    }
+    return py::module_::import("pyscheduler_bench_process").attr("process_driver_seconds")(procs, items, n).cast<double>();
 }
 
 /// Issue #15, benchmark 1: Python-heavy numpy that holds the GIL (n tiny numpy calls per

@@ -39,24 +39,23 @@ def plus_one(items):
     return [a + 1.0 for a in items]
 
 
-def process_driver_seconds(host, items, n, workers):
-    """The raw limit of process workers, without the pipeline: `workers` Python threads,
-    each calling its own worker process back to back through the host module's
-    ProcessWorker (what a Process handler's executor calls), small_numpy([n]) each time,
-    items calls in all. Seconds for the calls."""
+def process_driver_seconds(procs, items, n):
+    """The raw limit of process workers, without the pipeline: a Python thread per
+    worker proxy in `procs` (detail::start_process_worker's, what a Process handler's
+    executor calls), each calling it back to back, small_numpy([n]) each time, items
+    calls in all. Seconds for the calls; closes the workers."""
     import threading
     import time
 
-    procs = [host.ProcessWorker(host.spawn, "driver", i, __name__, "small_numpy", 0, 0.0) for i in range(workers)]
     try:
         for p in procs:
-            p([n])  # started and warm
+            p([n])  # warm
 
         def drive(p, count):
             for _ in range(count):
                 p([n])
 
-        threads = [threading.Thread(target=drive, args=(p, items // workers)) for p in procs]
+        threads = [threading.Thread(target=drive, args=(p, items // len(procs))) for p in procs]
         start = time.perf_counter()
         for t in threads:
             t.start()
