@@ -284,6 +284,98 @@ TEST(ProcessWorkers, PayloadsOfEverySizeArriveIntact) {
     }
 }
 
+/// Pauses `h`, queues what `queue` queues (n items), and resumes once they are all
+/// staged or held by the paused executor: it then starts the first call and, in the
+/// same GIL hold, the next one behind it.
+template <class Queue>
+void queue_while_paused(InvokeHandler& h, std::size_t n, Queue queue) {
+    h.pause();
+    queue();
+    const bool staged = eventually([&] {
+        const QueueStats s = h.get_queue_stats();
+        return s.commit_queue_size == 0 && s.execute_queue_size + 1 >= n;
+    });
+    h.resume();
+    ASSERT_TRUE(staged) << "the ring holds fewer than " << n - 1 << " items (prefetch_depth)";
+}
+
+TEST(ProcessWorkers, ACallSentBehindTheRunningOneOutlivesTheWorkersDeath) {
+    // While a call runs, the executor has already sent the next one (the child finds it
+    // when it replies). A kill fails the running call only; the one behind it never
+    // started, and runs in the restarted process.
+    auto h = load_process(process_workers(1, 1));
+    StartedFile started;
+    std::future<long> hung, behind;
+    queue_while_paused(h, 2, [&] {
+        hung = h.queue_invoke(op("hang"), cast_to<long>(), started.path);
+        behind = queue_op(h, "pid", 0);
+    });
+    const long pid = started.wait_for_pid();
+    ASSERT_GT(pid, 0);
+    ASSERT_TRUE(eventually([&] { return h.get_queue_stats().execute_queue_size == 0; })) << "sent behind";
+    ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0);
+    EXPECT_THROW(hung.get(), WorkerLost);
+    const long ran_in = behind.get();
+    EXPECT_GT(ran_in, 0);
+    EXPECT_NE(ran_in, pid);
+    const QueueStats stats = h.get_queue_stats();
+    EXPECT_EQ(stats.failed, 1u);
+    EXPECT_EQ(stats.completed, 1u);
+}
+
+TEST(ProcessWorkers, ACallSentBehindAnotherHasItsTimeoutCountedFromWhenItBeganToRun) {
+    HandlerOptions o = process_workers(1, 1);
+    o.call_timeout = std::chrono::milliseconds(2000);
+    auto h = load_process(o);
+    std::future<double> first, second;
+    queue_while_paused(h, 2, [&] {  // 1.2 s each: the second ends 2.4 s after it was sent
+        first = h.queue_invoke(op("sleep"), cast_to<double>(), 1.2);
+        second = h.queue_invoke(op("sleep"), cast_to<double>(), 1.2);
+    });
+    EXPECT_EQ(first.get(), 1.2);
+    EXPECT_EQ(second.get(), 1.2);
+    EXPECT_EQ(h.get_queue_stats().timed_out, 0u);
+}
+
+TEST(ProcessWorkers, NoCallIsSentBehindOneWhoseArgumentsAreInSharedMemory) {
+    // A call whose arrays went through the segment is read there by the child while it
+    // runs; a call sent behind it would be written over them.
+    HandlerOptions o = process_workers(1, 1);
+    o.prefetch_depth = 8;
+    auto h = load_process(o);
+    std::vector<std::future<double>> sums;
+    queue_while_paused(h, 6, [&] {
+        for (int k = 0; k < 6; ++k) sums.push_back(h.queue_invoke(array_item("slow_sum", k), cast_to<double>()));
+    });
+    for (int k = 0; k < 6; ++k) EXPECT_EQ(sums[k].get(), static_cast<double>(kElements) * k) << k;
+}
+
+TEST(ProcessWorkers, TheWorkerProxyAnswersCallsInFlightInOrder) {
+    // What the executor calls: start() sends (and says whether the payload went
+    // inline), finish() returns the oldest call's result. An argument that cannot be
+    // pickled fails its own start(), not the call already in flight.
+    python();
+    detail::GilHold gil;
+    py::object worker = detail::start_process_worker("pyscheduler_test_process", "run", "proxy test", 0, 1, 0.0);
+    auto call = [](const char* operation, py::object argument) {
+        py::list batch;
+        batch.append(py::make_tuple(operation, argument));
+        return batch;
+    };
+    EXPECT_TRUE(worker.attr("start")(call("square", py::int_(3))).cast<bool>());
+    EXPECT_TRUE(worker.attr("start")(call("square", py::int_(4))).cast<bool>());
+    EXPECT_EQ(worker.attr("finish")().cast<std::vector<long>>(), std::vector<long>{9});
+    EXPECT_EQ(worker.attr("finish")().cast<std::vector<long>>(), std::vector<long>{16});
+    EXPECT_FALSE(worker.attr("start")(call("echo", py::bytes(std::string(1 << 20, 'x')))).cast<bool>());
+    EXPECT_EQ(worker.attr("finish")()[py::int_(0)].cast<std::string>().size(), std::size_t{1} << 20);
+    EXPECT_TRUE(worker.attr("start")(call("square", py::int_(5))).cast<bool>());
+    py::object unpicklable = py::module_::import("threading").attr("Lock")();
+    EXPECT_THROW(worker.attr("start")(call("echo", unpicklable)), py::error_already_set);
+    EXPECT_EQ(worker.attr("finish")().cast<std::vector<long>>(), std::vector<long>{25});
+    EXPECT_EQ(worker(call("square", py::int_(6))).cast<std::vector<long>>(), std::vector<long>{36});
+    worker.attr("close")();
+}
+
 TEST(ProcessWorkers, CppTensorsArriveAsNumpyArrays) {
     // A pyscheduler::Tensor crosses as a numpy array viewing its memory: out of band
     // (through the segment) when large, inside the pickle when small.

@@ -36,7 +36,9 @@ struct HandlerOptions {
 
     /// Committed items may run ahead of execution by up to
     /// `batch_size * prefetch_depth` items per worker (>= 1). Bounds the memory (or GPU
-    /// memory) that staged-but-not-yet-executed items hold.
+    /// memory) that staged-but-not-yet-executed items hold. A process worker
+    /// (InterpreterKind::Process) holds one batch more: the call it sends to its
+    /// process while the one before still runs.
     std::size_t prefetch_depth = 1;
 
     /// Zero: purely opportunistic batching - the executor takes whatever is ready,
@@ -67,7 +69,8 @@ struct HandlerOptions {
 
     /// InterpreterKind::Process only. Zero: none. Otherwise a call of the function (a
     /// batch, or a synchronous invoke) still running after this long fails with
-    /// pyscheduler::Timeout, and its worker process is killed and restarted.
+    /// pyscheduler::Timeout, and its worker process is killed and restarted. A call
+    /// sent while the one before it still ran is timed from when that one ended.
     std::chrono::microseconds call_timeout{0};
 
     /// InterpreterKind::Process only: how many times in a row a worker process that was

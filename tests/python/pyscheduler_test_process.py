@@ -43,6 +43,9 @@ def _one(op, arg):
         return KeyError(arg)
     if op == "echo":
         return arg
+    if op == "slow_sum":  # a numpy array: its sum, read after a while (the call behind it is queued by then)
+        time.sleep(0.05)
+        return float(arg.sum())
     if op == "double":  # a numpy array: twice it
         return arg * 2
     if op == "keep":  # keeps its input array (a view of shared memory) and returns a copy

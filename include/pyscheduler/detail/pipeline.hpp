@@ -36,6 +36,7 @@
 #include <concurrentqueue/blockingconcurrentqueue.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -694,61 +695,47 @@ private:
 
     // --- executor thread -----------------------------------------------------
 
-    void executor_loop(Worker& worker) {
-        ThreadContext context(worker.interpreter.sub());  // the thread state, made now, not inside the first batch
-        const auto batch_size = static_cast<std::ptrdiff_t>(options_.batch_size);
-        const auto delay = options_.max_batch_delay;
-        const bool shared_ring = workers_.size() > 1;
-        std::vector<TaskBase*> batch(options_.batch_size);
-        std::vector<GroupState::Report> reports(options_.batch_size);  // what the batch's items tell their groups
-        std::vector<StreamBase*> stream_steps(options_.batch_size);     // the stream steps among a batch
-        std::vector<StreamBase::After> afters(options_.batch_size);
-        // Ring slots this worker has emptied but not yet given back (room_). Under load
-        // the commit thread waits for room, so every give-back wakes it: a system call,
-        // and a context switch that takes a core from a worker running Python. Slots go
-        // back in bulks of half this worker's share of the ring (so with prefetch_depth
-        // 1, at once), and always before this worker waits for anything, so the commit
-        // thread never waits on room that an idle worker holds.
-        const auto return_at =
-            std::max<std::ptrdiff_t>(1, batch_size * static_cast<std::ptrdiff_t>(options_.prefetch_depth) / 2);
-        std::ptrdiff_t unreturned = 0;
-        IdleBudget<Policy> budget;
-        auto give_back_room = [&] {
-            if (unreturned > 0) room_.signal(std::exchange(unreturned, 0));
-        };
-        for (bool stop = false; !stop;) {
+    /// The executor's side of the ring: how it takes a batch. One per executor thread.
+    class Intake {
+    public:
+        explicit Intake(Pipeline& p)
+            : p_(p),
+              batch_size_(static_cast<std::ptrdiff_t>(p.options_.batch_size)),
+              delay_(p.options_.max_batch_delay),
+              shared_ring_(p.workers_.size() > 1),
+              // Ring slots this worker has emptied but not yet given back (room_). Under
+              // load the commit thread waits for room, so every give-back wakes it: a
+              // system call, and a context switch that takes a core from a worker running
+              // Python. Slots go back in bulks of half this worker's share of the ring (so
+              // with prefetch_depth 1, at once), and always before this worker waits for
+              // anything, so the commit thread never waits on room that a waiting worker holds.
+              return_at_(std::max<std::ptrdiff_t>(
+                  1, batch_size_ * static_cast<std::ptrdiff_t>(p.options_.prefetch_depth) / 2)) {}
+
+        /// Whether this executor has reached the shutdown sentinel: it takes nothing more.
+        bool stopped() const noexcept { return stop_; }
+
+        /// Waits for a batch and takes up to batch_size items (see HandlerOptions::
+        /// max_batch_delay); holds it while the handler is paused. Returns how many it
+        /// took into `batch`: 0 only at the sentinel. Items no longer wanted are failed.
+        std::size_t take_batch(TaskBase** batch) {
             std::size_t m = 0;
-            auto take = [&](std::ptrdiff_t acquired) {  // pops at once: the sentinel ends any wait
-                std::unique_lock<std::mutex> lock(take_mutex_, std::defer_lock);
-                if (shared_ring) lock.lock();
-                const std::size_t before = m;
-                for (std::ptrdiff_t i = 0; i < acquired; ++i) {
-                    if (TaskBase* t = ring_.pop()) {
-                        batch[m++] = t;
-                    } else {  // the sentinel, always the last item: its count goes back for the next worker
-                        stop = true;
-                        ready_.signal(acquired - i);
-                        break;
-                    }
-                }
-                unreturned += static_cast<std::ptrdiff_t>(m - before);
-            };
-            auto missing = [&] { return batch_size - static_cast<std::ptrdiff_t>(m); };
-            std::ptrdiff_t ready = ready_.tryWaitMany(batch_size);
+            std::ptrdiff_t ready = p_.ready_.tryWaitMany(batch_size_);
             if (ready == 0) {
                 give_back_room();
-                ready = idle_wait_many<Policy>(ready_, batch_size, &budget);
+                ready = idle_wait_many<Policy>(p_.ready_, batch_size_, &budget_);
             }
-            take(ready);
-            if (delay.count() > 0) {  // wait up to the delay for the batch to fill
-                const auto deadline = clock::now() + delay;
-                while (!stop && missing() > 0) {
+            take(batch, m, ready);
+            auto missing = [&] { return batch_size_ - static_cast<std::ptrdiff_t>(m); };
+            if (delay_.count() > 0) {  // wait up to the delay for the batch to fill
+                const auto deadline = clock::now() + delay_;
+                while (!stop_ && missing() > 0) {
                     give_back_room();
                     const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock::now());
                     if (left.count() <= 0) break;
-                    const auto more = ready_.waitMany(missing(), left.count());
+                    const auto more = p_.ready_.waitMany(missing(), left.count());
                     if (more == 0) break;
-                    take(more);
+                    take(batch, m, more);
                 }
             } else {
                 // Opportunistic batching tops the batch up without waiting for nothing:
@@ -756,19 +743,84 @@ private:
                 // committed), it hands its room back, yields to the threads that stage
                 // them and takes what they staged, a few times at most. With nothing
                 // pending it runs at once, so a lone item waits for nothing.
-                for (int i = 0; i < kTopUpYields && !stop && missing() > 0 && staging_pending(); ++i) {
+                for (int i = 0; i < kTopUpYields && !stop_ && missing() > 0 && p_.staging_pending(); ++i) {
                     give_back_room();
                     std::this_thread::yield();
-                    if (const auto more = ready_.tryWaitMany(missing())) take(more);
+                    if (const auto more = p_.ready_.tryWaitMany(missing())) take(batch, m, more);
                 }
             }
-            if (unreturned >= return_at || stop) give_back_room();
-            taken_.fetch_add(m, std::memory_order_relaxed);
-            if (m > 0 && paused_.load(std::memory_order_acquire)) {  // hold the batch until resume()
+            count_taken(m);
+            if (m > 0 && p_.paused_.load(std::memory_order_acquire)) {  // hold the batch until resume()
                 give_back_room();
-                wait_while_paused();
+                p_.wait_while_paused();
             }
-            fail_unwanted(batch.data(), m, "in the prefetch ring");
+            p_.fail_unwanted(batch, m, "in the prefetch ring");
+            return m;
+        }
+
+        /// A batch of what is ready now, without waiting: nothing while the handler is
+        /// paused, after the sentinel, and (with max_batch_delay) while fewer items
+        /// than a full batch are ready.
+        std::size_t take_ready(TaskBase** batch) {
+            if (stop_ || p_.paused_.load(std::memory_order_acquire)) return 0;
+            if (delay_.count() > 0 && static_cast<std::ptrdiff_t>(p_.ready_.availableApprox()) < batch_size_) return 0;
+            std::size_t m = 0;
+            take(batch, m, p_.ready_.tryWaitMany(batch_size_));
+            count_taken(m);
+            p_.fail_unwanted(batch, m, "in the prefetch ring");
+            return m;
+        }
+
+        void give_back_room() {
+            if (unreturned_ > 0) p_.room_.signal(std::exchange(unreturned_, 0));
+        }
+
+    private:
+        /// Pops `acquired` items at once after batch[0, m): the sentinel ends any wait.
+        void take(TaskBase** batch, std::size_t& m, std::ptrdiff_t acquired) {
+            std::unique_lock<std::mutex> lock(p_.take_mutex_, std::defer_lock);
+            if (shared_ring_) lock.lock();
+            const std::size_t before = m;
+            for (std::ptrdiff_t i = 0; i < acquired; ++i) {
+                if (TaskBase* t = p_.ring_.pop()) {
+                    batch[m++] = t;
+                } else {  // the sentinel, always the last item: its count goes back for the next worker
+                    stop_ = true;
+                    p_.ready_.signal(acquired - i);
+                    break;
+                }
+            }
+            unreturned_ += static_cast<std::ptrdiff_t>(m - before);
+        }
+
+        void count_taken(std::size_t m) {
+            if (unreturned_ >= return_at_ || stop_) give_back_room();
+            p_.taken_.fetch_add(m, std::memory_order_relaxed);
+        }
+
+        Pipeline& p_;
+        const std::ptrdiff_t batch_size_;
+        const std::chrono::microseconds delay_;
+        const bool shared_ring_;
+        const std::ptrdiff_t return_at_;
+        std::ptrdiff_t unreturned_ = 0;
+        bool stop_ = false;
+        IdleBudget<Policy> budget_;
+    };
+
+    void executor_loop(Worker& worker) {
+        ThreadContext context(worker.interpreter.sub());  // the thread state, made now, not inside the first batch
+        Intake intake(*this);
+        if (options_.interpreter == InterpreterKind::Process) {
+            process_executor_loop(worker, context, intake);
+            return;
+        }
+        std::vector<TaskBase*> batch(options_.batch_size);
+        std::vector<GroupState::Report> reports(options_.batch_size);  // what the batch's items tell their groups
+        std::vector<StreamBase*> stream_steps(options_.batch_size);     // the stream steps among a batch
+        std::vector<StreamBase::After> afters(options_.batch_size);
+        while (!intake.stopped()) {
+            const std::size_t m = intake.take_batch(batch.data());
             std::size_t items = 0;
             std::size_t steps = 0;
             for (std::size_t i = 0; i < m; ++i) {
@@ -780,6 +832,114 @@ private:
             }
             if (items > 0) run_batch(worker, context, batch.data(), reports.data(), items);
             if (steps > 0) run_steps(worker, context, stream_steps.data(), afters.data(), steps);
+        }
+    }
+
+    /// A batch of a process worker, from the start of its call to its end.
+    struct Flight {
+        std::vector<TaskBase*> items;
+        std::size_t n = 0;          // items taken
+        std::size_t live = 0;       // items[0, live) are in the call; the others failed before it
+        bool went_inline = false;   // another call may be started behind it (ProcessWorker.start)
+        typename clock::time_point start{};  // when it began to run (statistics)
+    };
+
+    /// The executor of a process worker. It keeps its worker process busy: while a
+    /// call runs, the next batch's call is already sent (ProcessWorker.start), so the
+    /// child finds it when it replies, instead of waiting for this thread to wake,
+    /// deliver and convert (tens of microseconds a call on a 2-vCPU VM). At most two
+    /// calls are in flight, and the second only behind one whose payload went inline.
+    /// Each GIL hold finishes the oldest call, delivers its results and starts the
+    /// next one before the futures are fulfilled outside the GIL.
+    void process_executor_loop(Worker& worker, ThreadContext& context, Intake& intake) {
+        constexpr std::size_t kSlots = 3;  // two in flight, one being settled
+        std::array<Flight, kSlots> flights;
+        for (auto& f : flights) f.items.resize(options_.batch_size);
+        std::vector<TaskBase*> unstarted;  // items of batches whose call could not start
+        unstarted.reserve(2 * options_.batch_size);
+        std::vector<GroupState::Report> reports(2 * options_.batch_size);
+        py::object start_fn;
+        py::object finish_fn;
+        {
+            InterpreterHold gil(worker.interpreter.sub(), &context);
+            start_fn = worker.interpreter.function().attr("start");
+            finish_fn = worker.interpreter.function().attr("finish");
+        }
+        std::size_t head = 0;   // the oldest call in flight
+        std::size_t count = 0;  // calls in flight
+        // GIL held. Starts the call of a batch taken into the next free slot; a batch
+        // whose every item failed before the call goes to `unstarted`.
+        auto start = [&](std::size_t n) {
+            Flight& f = flights[(head + count) % kSlots];
+            f.n = n;
+            if (begin_call(start_fn, f)) {
+                ++count;
+                return;
+            }
+            for (std::size_t i = 0; i < n; ++i) {
+                f.items[i]->drop_closures();
+                unstarted.push_back(f.items[i]);
+            }
+        };
+        auto settle_unstarted = [&] {
+            if (unstarted.empty()) return;
+            settle(worker, unstarted.data(), reports.data(), unstarted.size(), now());
+            unstarted.clear();
+        };
+        // GIL held. Starts a batch of what is ready, if a call may start now: when none
+        // is in flight, or behind one that went inline.
+        auto start_ready = [&] {
+            if (count > 1 || (count == 1 && !flights[head].went_inline)) return;
+            if (const std::size_t n = intake.take_ready(flights[(head + count) % kSlots].items.data())) start(n);
+        };
+        for (;;) {
+            std::size_t taken = 0;  // a batch to start, when no call is in flight
+            if (count == 0) {
+                if (intake.stopped()) break;
+                taken = intake.take_batch(flights[head].items.data());
+                if (taken == 0) continue;
+            }
+            intake.give_back_room();  // before this thread waits for a reply
+            Flight* done = nullptr;
+            {
+                InterpreterHold gil(worker.interpreter.sub(), &context);
+                if (taken > 0) start(taken);
+                if (count > 0) {
+                    start_ready();
+                    done = &flights[head];
+                    deliver_call(done->items.data(), done->live,
+                                 [&] { return PyObject_CallNoArgs(finish_fn.ptr()); });
+                    for (std::size_t i = 0; i < done->n; ++i) done->items[i]->drop_closures();
+                    head = (head + 1) % kSlots;
+                    --count;
+                    if (count > 0) flights[head].start = now();  // the next call runs from here
+                    start_ready();
+                }
+            }
+            if (done != nullptr) settle(worker, done->items.data(), reports.data(), done->n, done->start);
+            settle_unstarted();
+        }
+        InterpreterHold gil(worker.interpreter.sub(), &context);
+        start_fn = py::object();
+        finish_fn = py::object();
+    }
+
+    /// GIL held. Converts a flight's items and starts its call (ProcessWorker.start);
+    /// false when no call started (every item failed, each with its error).
+    bool begin_call(const py::object& start_fn, Flight& f) {
+        f.start = now();
+        py::list args(0);
+        f.live = convert_batch(f.items.data(), f.n, args);
+        if (f.live == 0) return false;
+        try {
+            auto r = py::reinterpret_steal<py::object>(PyObject_CallOneArg(start_fn.ptr(), args.ptr()));
+            if (!r) throw py::error_already_set();
+            f.went_inline = r.ptr() == Py_True;
+            return true;
+        } catch (...) {
+            fail_each(f.items.data(), f.live, capture_exception(name_));
+            f.live = 0;
+            return false;
         }
     }
 
@@ -839,7 +999,7 @@ private:
         return enqueued_.load(std::memory_order_relaxed) > staged_.load(std::memory_order_relaxed);
     }
 
-    /// Yields an executor spends at most topping up a batch (see executor_loop).
+    /// Yields an executor spends at most topping up a batch (see Intake::take_batch).
     static constexpr int kTopUpYields = 8;
 
     /// One Python call for up to batch_size items; see TaskBase for the order of steps.
@@ -848,22 +1008,37 @@ private:
         const auto start = now();
         {
             InterpreterHold gil(worker.interpreter.sub(), &context);
-            std::size_t live = 0;  // items[0, live): converted, in the Python call
             py::list args(0);
-            for (std::size_t i = 0; i < n; ++i) {
-                TaskBase* t = items[i];
-                if (t->failed()) continue;
-                try {
-                    args.append(t->to_python());
-                } catch (...) {
-                    t->fail(capture_exception("converting the committed value for " + name_));
-                    continue;
-                }
-                std::swap(items[live++], items[i]);
-            }
-            if (live > 0) call_and_deliver(worker.interpreter.function(), args, items, live);
+            const std::size_t live = convert_batch(items, n, args);
+            const py::object& fn = worker.interpreter.function();
+            if (live > 0) deliver_call(items, live, [&] { return PyObject_CallOneArg(fn.ptr(), args.ptr()); });
             for (std::size_t i = 0; i < n; ++i) items[i]->drop_closures();
         }
+        settle(worker, items, reports, n, start);
+    }
+
+    /// GIL held. Appends each item's committed value to `args`, moving the items that
+    /// converted to the front; an item that fails to convert fails alone. Returns how
+    /// many converted.
+    std::size_t convert_batch(TaskBase** items, std::size_t n, py::list& args) {
+        std::size_t live = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            TaskBase* t = items[i];
+            if (t->failed()) continue;
+            try {
+                args.append(t->to_python());
+            } catch (...) {
+                t->fail(capture_exception("converting the committed value for " + name_));
+                continue;
+            }
+            std::swap(items[live++], items[i]);
+        }
+        return live;
+    }
+
+    /// After a batch's GIL hold: counts it and fulfils its items' futures.
+    void settle(Worker& worker, TaskBase** items, GroupState::Report* reports, std::size_t n,
+                typename clock::time_point start) {
         // Count before fulfilling: whoever holds every future sees the counts too.
         std::uint64_t failed = 0;
         for (std::size_t i = 0; i < n; ++i) failed += items[i]->failed() ? 1 : 0;
@@ -880,10 +1055,13 @@ private:
         GroupState::report(reports, n);
     }
 
-    /// GIL held. Calls the function on the batch and hands result i to item i.
-    void call_and_deliver(const py::object& fn, const py::list& args, TaskBase** items, std::size_t n) {
+    /// GIL held. `call()` (a new reference, or null with a Python error set) is the
+    /// function's result for the batch: result i goes to item i. Anything raised fails
+    /// every item.
+    template <class Call>
+    void deliver_call(TaskBase** items, std::size_t n, Call call) {
         try {
-            py::object result = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn.ptr(), args.ptr()));
+            py::object result = py::reinterpret_steal<py::object>(call());
             if (!result) throw py::error_already_set();
             PyObject* r = result.ptr();
             if (PyList_Check(r) || PyTuple_Check(r)) {

@@ -227,6 +227,7 @@ class Channel:
         self.peer_holds = False    # the peer still reads views of self.out
         self.inp = None            # the segment the peer writes
         self.peer_says_poll = False  # the last message received had POLL
+        self.sent_inline = False     # the last message sent carried its payload (no segment)
         self._file = io.BytesIO()  # the pickler writes here (both reused from call to call)
         self._buffers = []
         self._pickler = _Pickler(self._file, protocol=5, buffer_callback=self._out_of_band)
@@ -278,7 +279,9 @@ class Channel:
             # Small, nothing out of band: one message carries it, no segment is touched.
             flags |= INLINE | (READER_HOLDS if self.holding() else 0)
             self.sock.sendmsg([HEADER.pack(kind, flags, 0, len(data)), data], [], socket.MSG_NOSIGNAL)
+            self.sent_inline = True
             return
+        self.sent_inline = False
         sizes = [b.nbytes for b in buffers]
         table = 8 * len(sizes)
         need = _align(table + len(data)) + sum(_align(s) for s in sizes)
@@ -460,7 +463,7 @@ inline constexpr const char* kProcessHostModule = "_pyscheduler_process_v1";
 
 /// The host side, run once in the main interpreter as module kProcessHostModule.
 inline constexpr const char* kProcessHostSource = R"PY(
-import select, signal, threading, time
+import collections, select, signal, threading, time
 
 
 class WorkerLost(Exception):
@@ -522,6 +525,9 @@ class ProcessWorker:
         self._timeout_ms = None if call_timeout <= 0 else max(1, round(call_timeout * 1000))
         self._call_timeout = call_timeout
         self._lock = threading.Lock()
+        self._flight = collections.deque()  # [arguments, channel sent on] of each call started, not finished
+        self._owner = None  # the thread that holds _lock: it started the calls in flight
+        self._running_since = 0.0
         self._channel = None
         self._pid = None
         self.pid = None
@@ -560,24 +566,91 @@ class ProcessWorker:
         self.pid = reply
 
     def __call__(self, *args):
-        with self._lock:
-            if self._channel is None:
-                self._restart()
-            flags = _poll_flag()
-            try:  # an argument that cannot be pickled raises here, before anything is sent
-                self._channel.send(b"C", [args], flags)
-            except ConnectionError:  # the process died while idle: no call was lost, start another
-                self._lose(self._channel)
-                self._restart()
-                self._channel.send(b"C", [args], flags)
-            kind, reply = self._receive(self._channel, self._timeout_ms, "while running a call")
-            self._restarts_in_a_row = 0
-            if kind == b"E":
-                error, type_name, message, text = reply
-                if error is None:
-                    error = RemoteError(f"{type_name}: {message}")
-                raise error from RemoteTraceback(text)
-            return reply
+        self.start(*args)
+        return self.finish()
+
+    def start(self, *args):
+        """Sends a call; finish() returns its result. A second call may be started
+        before the first finishes (the executor keeps its worker busy that way): the
+        child runs calls one at a time, in the order sent, and finds the next one
+        waiting when it sends a reply. Only behind a call that went inline: one sent
+        through the segment may still be read by the child (its arguments view it),
+        and the next call would overwrite it. Returns whether this call went inline.
+        While calls are in flight the thread that started them holds the worker's
+        lock, so that a call from another thread waits for them."""
+        me = threading.get_ident()
+        first = self._owner != me  # only the owner changes _owner: reading it unlocked is safe
+        if first:
+            self._lock.acquire()
+            self._owner = me
+        try:
+            if first:
+                channel = self._send_call(args)
+            else:
+                channel = self._channel
+                try:  # an argument that cannot be pickled raises here, before anything is sent
+                    if channel is not None:
+                        channel.send(b"C", [args], _poll_flag())
+                except ConnectionError:  # finish() of the call before reads what the process left
+                    channel = None
+        except BaseException:
+            if first:
+                self._release()
+            raise
+        # With a channel of None (the process died during the call before this one),
+        # finish() sends it to the next process, once it has failed the earlier call.
+        self._flight.append([args, channel])
+        if first:
+            self._running_since = time.monotonic()
+        return channel is not None and channel.sent_inline
+
+    def finish(self):
+        """The result of the oldest call in flight; raises its exception, WorkerLost
+        when the process died during it, or CallTimeout. A call that never reached a
+        live process (the one before it lost it) is sent to a new one first."""
+        entry = self._flight[0]
+        try:
+            args, channel = entry
+            if channel is None or channel is not self._channel:
+                channel = entry[1] = self._send_call(args)
+                self._running_since = time.monotonic()
+            del args
+            timeout_ms = None
+            if self._timeout_ms is not None:  # counted from when this call began to run
+                left = self._call_timeout - (time.monotonic() - self._running_since)
+                timeout_ms = max(0, round(left * 1000))
+            kind, reply = self._receive(channel, timeout_ms, "while running a call")
+        finally:
+            entry.clear()
+            self._flight.popleft()
+            self._running_since = time.monotonic()  # the next call in flight runs from now
+            if not self._flight:
+                self._release()
+        self._restarts_in_a_row = 0
+        if kind == b"E":
+            error, type_name, message, text = reply
+            if error is None:
+                error = RemoteError(f"{type_name}: {message}")
+            raise error from RemoteTraceback(text)
+        return reply
+
+    def _release(self):
+        self._owner = None
+        self._lock.release()
+
+    def _send_call(self, args):
+        """Sends a call to the live process; starts one first when there is none, or
+        when it died while idle (no call was lost). Returns its channel."""
+        if self._channel is None:
+            self._restart()
+        flags = _poll_flag()
+        try:  # an argument that cannot be pickled raises here, before anything is sent
+            self._channel.send(b"C", [args], flags)
+        except ConnectionError:
+            self._lose(self._channel)
+            self._restart()
+            self._channel.send(b"C", [args], flags)
+        return self._channel
 
     def _receive(self, channel, timeout_ms, doing):
         if timeout_ms is not None:
