@@ -82,7 +82,8 @@ double driver_seconds(int items, int n, int workers) {
 /// item), batch 1. Two process workers against one Main worker and multiprocessing's
 /// Pool(2) (chunksize 1, and Pool.map's automatic chunking).
 /// x_one_main: speedup over one Main worker (target >= 1.7); x_pool_*: speedup over the pool (> 1);
-/// x_driver: the bare transport's time over ours (1 = the pipeline adds nothing).
+/// x_driver: the bare transport's time over ours (one call at a time per child; above 1 when
+/// the pipeline keeps the next call waiting in each child).
 /// batched_x_pool_auto: two process workers with batch_size 32 (what chunking is to the
 /// pool) against the pool's automatic chunking.
 void BM_ProcessNumpyHoldingTheGil(benchmark::State& state) {
