@@ -323,6 +323,22 @@ TEST(ProcessWorkers, ACallSentBehindTheRunningOneOutlivesTheWorkersDeath) {
     EXPECT_EQ(stats.completed, 1u);
 }
 
+TEST(ProcessWorkers, NoCallIsSentBehindARunningOneWhileAnotherWorkerIsIdle) {
+    // The idle worker takes the second item at once: both run at the same time, in two
+    // processes, instead of the second waiting in the first one's child.
+    auto h = load_process(process_workers(2, 1));
+    StartedFile first, second;
+    auto a = h.queue_invoke(op("started_sleep"), cast_to<double>(), first.path);
+    auto b = h.queue_invoke(op("started_sleep"), cast_to<double>(), second.path);
+    const long pid_a = first.wait_for_pid();
+    const long pid_b = second.wait_for_pid();
+    EXPECT_GT(pid_a, 0);
+    EXPECT_GT(pid_b, 0);
+    EXPECT_NE(pid_a, pid_b);
+    EXPECT_EQ(a.get(), 1.0);
+    EXPECT_EQ(b.get(), 1.0);
+}
+
 TEST(ProcessWorkers, ACallSentBehindAnotherHasItsTimeoutCountedFromWhenItBeganToRun) {
     HandlerOptions o = process_workers(1, 1);
     o.call_timeout = std::chrono::milliseconds(2000);

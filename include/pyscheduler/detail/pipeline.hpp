@@ -200,6 +200,7 @@ public:
           process_(process),
           pauses_(pauses) {
         for (auto& interpreter : interpreters) workers_.push_back(std::make_unique<Worker>(std::move(interpreter)));
+        workers_without_a_call_.store(workers_.size(), std::memory_order_relaxed);
         if (options.queue_capacity > 0) {
             free_slots_ = std::make_unique<moodycamel::LightweightSemaphore>(
                 static_cast<std::ptrdiff_t>(options.queue_capacity), 0);
@@ -848,7 +849,8 @@ private:
     /// call runs, the next batch's call is already sent (ProcessWorker.start), so the
     /// child finds it when it replies, instead of waiting for this thread to wake,
     /// deliver and convert (tens of microseconds a call on a 2-vCPU VM). At most two
-    /// calls are in flight, and the second only behind one whose payload went inline.
+    /// calls are in flight, and the second only behind one whose payload went inline,
+    /// while every other worker of the handler has a call running.
     /// Each GIL hold finishes the oldest call, delivers its results and starts the
     /// next one before the futures are fulfilled outside the GIL.
     void process_executor_loop(Worker& worker, ThreadContext& context, Intake& intake) {
@@ -873,7 +875,7 @@ private:
             Flight& f = flights[(head + count) % kSlots];
             f.n = n;
             if (begin_call(start_fn, f)) {
-                ++count;
+                if (count++ == 0) workers_without_a_call_.fetch_sub(1, std::memory_order_acq_rel);
                 return;
             }
             for (std::size_t i = 0; i < n; ++i) {
@@ -887,9 +889,15 @@ private:
             unstarted.clear();
         };
         // GIL held. Starts a batch of what is ready, if a call may start now: when none
-        // is in flight, or behind one that went inline.
+        // is in flight, or behind one that went inline while every other worker has a
+        // call running (an idle worker takes the batch at once; behind a call it would
+        // wait for that call).
         auto start_ready = [&] {
-            if (count > 1 || (count == 1 && !flights[head].went_inline)) return;
+            if (count > 1) return;
+            if (count == 1 && (!flights[head].went_inline ||
+                               workers_without_a_call_.load(std::memory_order_acquire) > 0)) {
+                return;
+            }
             if (const std::size_t n = intake.take_ready(flights[(head + count) % kSlots].items.data())) start(n);
         };
         for (;;) {
@@ -911,8 +919,11 @@ private:
                                  [&] { return PyObject_CallNoArgs(finish_fn.ptr()); });
                     for (std::size_t i = 0; i < done->n; ++i) done->items[i]->drop_closures();
                     head = (head + 1) % kSlots;
-                    --count;
-                    if (count > 0) flights[head].start = now();  // the next call runs from here
+                    if (--count > 0) {
+                        flights[head].start = now();  // the next call runs from here
+                    } else {
+                        workers_without_a_call_.fetch_add(1, std::memory_order_acq_rel);
+                    }
                     start_ready();
                 }
             }
@@ -1197,6 +1208,7 @@ private:
     std::atomic<double> commit_ns_ema_{0};
     alignas(64) std::atomic<std::uint64_t> taken_{0};  // executors
     std::mutex take_mutex_;                            // orders the executors' pops (several workers)
+    std::atomic<std::size_t> workers_without_a_call_{0};  // process workers: set to the worker count
     std::atomic<std::size_t> next_invoke_{0};           // round robin of synchronous invokes
     std::atomic<std::uint64_t> completed_{0};
     std::atomic<std::uint64_t> failed_{0};

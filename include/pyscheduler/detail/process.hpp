@@ -527,7 +527,7 @@ class ProcessWorker:
         self._lock = threading.Lock()
         self._flight = collections.deque()  # [arguments, channel sent on] of each call started, not finished
         self._owner = None  # the thread that holds _lock: it started the calls in flight
-        self._running_since = 0.0
+        self._running_since = time.monotonic()
         self._channel = None
         self._pid = None
         self.pid = None
