@@ -185,6 +185,13 @@ public:
         add_ref();
         return Future<R>(this);
     }
+    /// make_future() for a state no other thread can see yet (an item not queued
+    /// yet): a plain store instead of a locked add, which on a freshly allocated
+    /// block waits for its construction's stores.
+    Future<R> make_first_future() noexcept {
+        refs_.store(2, std::memory_order_relaxed);
+        return Future<R>(this);
+    }
     void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
 
     template <class... V>
@@ -232,7 +239,9 @@ public:
     const std::exception_ptr& error() const noexcept { return error_; }
 
     void release() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // A count of 1 is ours alone: nobody else can add a reference, so the last
+        // one skips the locked decrement (acquire: the other holders' releases).
+        if (refs_.load(std::memory_order_acquire) == 1 || refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             const std::size_t align = align_;
             this->~FutureState();
             free_block(this, align);

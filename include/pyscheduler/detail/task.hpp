@@ -161,16 +161,18 @@ struct Completion<std::future<R>> {
     }
 
     explicit Completion(Head* head) : promise(std::allocator_arg, ArenaAllocator<char>(head)) {}
-    std::future<R> get_future() { return promise.get_future(); }
+    std::future<R> get_future(Head*) { return promise.get_future(); }
     template <class... V>
-    void set_value(V&&... v) {  // throws what R's move constructor throws
+    void set_value(Head*, V&&... v) {  // throws what R's move constructor throws
         promise.set_value(std::forward<V>(v)...);
     }
-    void set_exception(std::exception_ptr e) { promise.set_exception(std::move(e)); }
+    void set_exception(Head*, std::exception_ptr e) { promise.set_exception(std::move(e)); }
 
     std::promise<R> promise;
 };
 
+/// Holds nothing: the state is the block's head, which the Task finds from its own
+/// address (a pointer to it would cost 8 bytes an item).
 template <class R>
 struct Completion<Future<R>> {
     using value_type = R;
@@ -178,15 +180,13 @@ struct Completion<Future<R>> {
     static std::size_t head_bytes() noexcept { return sizeof(Head); }
     static Head* make_head(void* memory, std::size_t align) noexcept { return ::new (memory) Head(align); }
 
-    explicit Completion(Head* head) noexcept : state(head) {}
-    Future<R> get_future() noexcept { return state->make_future(); }
+    explicit Completion(Head*) noexcept {}
+    Future<R> get_future(Head* state) noexcept { return state->make_first_future(); }
     template <class... V>
-    void set_value(V&&... v) noexcept {
+    void set_value(Head* state, V&&... v) noexcept {
         state->set_value(std::forward<V>(v)...);
     }
-    void set_exception(std::exception_ptr e) noexcept { state->set_exception(std::move(e)); }
-
-    Head* state;
+    void set_exception(Head* state, std::exception_ptr e) noexcept { state->set_exception(std::move(e)); }
 };
 
 // --- the type-erased task ----------------------------------------------------
@@ -248,18 +248,18 @@ template <class R>
 struct ResultSlot {
     std::optional<R> value;
     bool has() const noexcept { return value.has_value(); }
-    template <class C>
-    void fulfil(C& completion) {
-        completion.set_value(std::move(*value));
+    template <class C, class H>
+    void fulfil(C& completion, H* head) {
+        completion.set_value(head, std::move(*value));
     }
 };
 template <>
 struct ResultSlot<void> {
     bool done = false;
     bool has() const noexcept { return done; }
-    template <class C>
-    void fulfil(C& completion) {
-        completion.set_value();
+    template <class C, class H>
+    void fulfil(C& completion, H* head) {
+        completion.set_value(head);
     }
 };
 
@@ -303,7 +303,8 @@ public:
     /// Offset of the Task from its block's start (the head).
     static std::size_t offset_in_block() { return align_up(Completion<F>::head_bytes(), alignof(Task)); }
 
-    F get_future() { return completion_.get_future(); }
+    /// Once, before the item is queued.
+    F get_future() { return completion_.get_future(head()); }
 
     bool commit_needs_gil() const noexcept override { return is_python_object_v<Committed>; }
 
@@ -368,24 +369,24 @@ public:
 
     GroupState::Report complete() noexcept override {
         const GroupState::Report report{group, group_index, group ? outcome_of(error) : GroupState::Outcome::Value};
+        Head* const block = head();
         try {
             if (error) {
-                completion_.set_exception(std::move(error));  // the future holds the only reference
+                completion_.set_exception(block, std::move(error));  // the future holds the only reference
             } else if (result_.has()) {
-                result_.fulfil(completion_);
+                result_.fulfil(completion_, block);
             } else {
-                completion_.set_exception(std::make_exception_ptr(
-                    std::logic_error("pyscheduler: internal error: item finished without a result")));
+                completion_.set_exception(block, std::make_exception_ptr(std::logic_error(
+                                                     "pyscheduler: internal error: item finished without a result")));
             }
         } catch (...) {  // set_value moved R and R's move threw: the future gets that
             try {
-                completion_.set_exception(std::current_exception());
+                completion_.set_exception(block, std::current_exception());
             } catch (...) {
             }
         }
-        auto* head = reinterpret_cast<Head*>(reinterpret_cast<unsigned char*>(this) - offset_in_block());
         this->~Task();
-        head->release();
+        block->release();
         return report;  // told after the future is fulfilled
     }
 
@@ -440,7 +441,10 @@ private:
         std::optional<Committed> committed;
     };
 
-    Completion<F> completion_;
+    /// The block's head, at offset_in_block() before the Task.
+    Head* head() noexcept { return reinterpret_cast<Head*>(reinterpret_cast<unsigned char*>(this) - offset_in_block()); }
+
+    [[no_unique_address]] Completion<F> completion_;
     std::optional<Closures> closures_;
     ResultSlot<R> result_;
 };
