@@ -185,6 +185,27 @@ TEST(Dependencies, HandlerDestroyedBeforeItsInputsComplete) {
     }
 }
 
+// While shutdown(Drain) waits for a dependent item's input, an item queued then is
+// refused. Its producer wakes the commit thread (its count was taken back); that wake
+// must not read as the shutdown sentinel, or the commit thread would stop before the
+// dependent item is queued, and the dependent would never run.
+TEST(Dependencies, AnItemRefusedWhileDrainWaitsForInputsDoesNotStopTheCommitThread) {
+    auto gated = load("gated_identity");
+    Gate gate;
+    SharedFuture<long> input = gated.submit([] { return 5L; }, cast_to<long>()).share();
+    gate.wait_until_entered();
+    auto h = load("double", 16);
+    Future<long> dependent = h.submit([](long v) { return v; }, cast_to<long>(), input);
+    std::thread stopper([&] { h.shutdown(ShutdownMode::Drain); });
+    while (!h.is_shut_down()) std::this_thread::yield();
+    Future<long> refused = h.submit([] { return 1L; }, cast_to<long>());
+    EXPECT_THROW(refused.get(), Cancelled);
+    gate.open();
+    stopper.join();
+    ASSERT_TRUE(completes(dependent));
+    EXPECT_EQ(dependent.get(), 10);
+}
+
 TEST(Dependencies, InvalidFutureArgumentIsRefusedAndCostsNoSlot) {
     HandlerOptions o;
     o.queue_capacity = 1;

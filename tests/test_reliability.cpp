@@ -72,9 +72,26 @@ TEST(Shutdown, CancelFailsWhatHasNotReachedPython) {
 
 TEST(Shutdown, CancelWhileProducersRaceLosesNothing) {
     auto h = load("double", 4, 2);
-    const RaceCounts r = cancel_while_producers_race(h, 3000, [](int i) { return 2L * i; });
+    const RaceCounts r = shutdown_while_producers_race(h, 3000, [](int i) { return 2L * i; });
     EXPECT_EQ(r.wrong, 0);
     EXPECT_EQ(r.values + r.cancelled, 4 * 3000);
+}
+
+// A producer that finds the handler running may enqueue its item behind the shutdown
+// sentinel; the commit thread must wait for it, and a refused producer's count must
+// come back (or the commit thread would wait forever). Repeated to hit the window.
+TEST(Shutdown, DrainWhileProducersRaceLosesNothing) {
+    for (int round = 0; round < 10; ++round) {
+        auto h = load("double", 4, 2);
+        const RaceCounts r =
+            shutdown_while_producers_race(h, 2000, [](int i) { return 2L * i; }, ShutdownMode::Drain);
+        EXPECT_EQ(r.wrong, 0);
+        EXPECT_EQ(r.values + r.cancelled, 4 * 2000);
+        const auto s = h.get_queue_stats();
+        EXPECT_EQ(s.total_enqueued, static_cast<std::uint64_t>(r.values)) << "refused items are not counted";
+        EXPECT_EQ(s.completed, static_cast<std::uint64_t>(r.values)) << "every queued item ran";
+        EXPECT_EQ(s.commit_queue_size, 0u);
+    }
 }
 
 TEST(BoundedQueue, TryQueueInvokeRefusesWhenFullAndKeepsTheArguments) {

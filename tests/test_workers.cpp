@@ -128,7 +128,7 @@ TEST_P(WorkersOfEachKind, AFailingBatchLeavesTheWorkersRunning) {
 TEST_P(WorkersOfEachKind, ShutdownCancelRacingProducersLosesNothing) {
     PYSCHEDULER_REQUIRE_OWN_GIL(GetParam());
     auto h = load_own_gil_module("squares", pool(GetParam(), 3, 2));
-    const RaceCounts r = cancel_while_producers_race(h, 2000, [](int i) { return static_cast<long>(i) * i; });
+    const RaceCounts r = shutdown_while_producers_race(h, 2000, [](int i) { return static_cast<long>(i) * i; });
     EXPECT_EQ(r.wrong, 0);
     EXPECT_EQ(r.values + r.cancelled, 4 * 2000);
     const QueueStats s = h.get_queue_stats();

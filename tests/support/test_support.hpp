@@ -113,7 +113,7 @@ private:
     bool released_ = false;
 };
 
-/// What cancel_while_producers_race counted.
+/// What shutdown_while_producers_race counted.
 struct RaceCounts {
     long values = 0;     // futures that got the expected value
     long cancelled = 0;  // futures that failed with Cancelled
@@ -121,17 +121,16 @@ struct RaceCounts {
 };
 
 /// Four producers each queue `items` items (commit i, callback cast to long) while this
-/// thread shuts the handler down with ShutdownMode::Cancel once all four have started.
-/// Every future must complete with `expected(i)` or Cancelled.
+/// thread shuts the handler down with `mode` once a quarter of them is queued. Every future
+/// must complete with `expected(i)` or Cancelled (Drain: refused, never queued).
 template <class Handler, class Expected>
-RaceCounts cancel_while_producers_race(Handler& h, int items, Expected expected) {
+RaceCounts shutdown_while_producers_race(Handler& h, int items, Expected expected,
+                                         ShutdownMode mode = ShutdownMode::Cancel) {
     std::atomic<long> values{0}, cancelled{0}, wrong{0};
-    std::atomic<int> started{0};
     std::vector<std::thread> producers;
     for (int p = 0; p < 4; ++p) {
         producers.emplace_back([&] {
             std::vector<std::pair<int, std::future<long>>> futures;
-            ++started;
             for (int i = 0; i < items; ++i) futures.emplace_back(i, h.queue_invoke([i] { return i; }, cast_to<long>()));
             for (auto& [i, f] : futures) {
                 try {
@@ -146,8 +145,9 @@ RaceCounts cancel_while_producers_race(Handler& h, int items, Expected expected)
             }
         });
     }
-    while (started < 4) std::this_thread::yield();
-    h.shutdown(ShutdownMode::Cancel);
+    // Shut down while they queue: once a quarter of the items is in.
+    while (h.get_queue_stats().total_enqueued < static_cast<std::uint64_t>(items)) std::this_thread::yield();
+    h.shutdown(mode);
     for (auto& t : producers) t.join();
     return {values.load(), cancelled.load(), wrong.load()};
 }

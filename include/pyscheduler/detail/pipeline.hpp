@@ -25,12 +25,11 @@
 //
 // Shutdown: waiting items are queued as their inputs arrive (Drain) or taken out and
 // failed with Cancelled (Cancel) first. Then a null sentinel goes into the MPMC
-// queue. The commit thread keeps dequeuing until it has taken every item enqueued
-// before it (producers from other threads may sit behind the sentinel), then pushes
-// the sentinel into the ring. An
-// executor that reaches it leaves it in place and gives its count back to `ready_`,
-// so every worker finds it after everything ahead of it. Every item therefore
-// completes.
+// queue. The commit thread keeps dequeuing until it has taken every item counted
+// before shutdown began (a producer's item may sit behind the sentinel; submit()
+// says why), then pushes the sentinel into the ring. An executor that reaches it
+// leaves it in place and gives its count back to `ready_`, so every worker finds it
+// after everything ahead of it. Every item therefore completes.
 #pragma once
 
 #include <concurrentqueue/blockingconcurrentqueue.h>
@@ -331,18 +330,20 @@ public:
     /// Hands one item (its slot reserved) to the commit thread. False when the
     /// handler is shut down: the item was not queued.
     bool submit(TaskBase* task) {
-        // `active_` tells shutdown() that a producer may be about to enqueue: it waits
-        // for those before it enqueues the sentinel, so no item lands behind it.
-        active_.fetch_add(1, std::memory_order_seq_cst);
-        struct Leave {
-            std::atomic<long>& active;
-            ~Leave() { active.fetch_sub(1, std::memory_order_release); }
-        } leave{active_};
-        if (stopped_.load(std::memory_order_seq_cst)) return false;
+        // Counted before the stopped_ check, both seq_cst: a producer that finds the
+        // handler running was counted before shutdown() set stopped_, so the commit
+        // thread, which stops only once it has taken every counted item, waits for
+        // this one even if it lands behind the sentinel. A refused producer takes its
+        // count back and queues a wake-up, for a commit thread that saw the count and
+        // parked. (One locked instruction an item for all of this.)
+        enqueued_.fetch_add(1, std::memory_order_seq_cst);
+        if (stopped_.load(std::memory_order_seq_cst)) {
+            uncount();
+            return false;
+        }
         stamp_queued(task);
-        enqueued_.fetch_add(1, std::memory_order_relaxed);
         if (!queue_.enqueue(task)) {
-            enqueued_.fetch_sub(1, std::memory_order_relaxed);
+            uncount();
             throw std::bad_alloc();
         }
         return true;
@@ -426,9 +427,6 @@ public:
             }
             streams_cv_.wait(streams, [&] { return streams_.empty(); });
         }
-        // Producers that got past the stopped_ check are between two instructions of
-        // submit(); wait for them, briefly, so that their items precede the sentinel.
-        while (active_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
         stop_and_join();
     }
 
@@ -497,6 +495,21 @@ private:
             if (self == w->thread.get_id()) return true;
         }
         return false;
+    }
+
+    /// submit() of an item that was not queued: its count is taken back, and a
+    /// wake-up wakes the commit thread in case it waits for that count. Not a
+    /// sentinel: shutdown() may still be waiting for dependent items and streams,
+    /// whose items the commit thread must take after this one.
+    void uncount() noexcept {
+        enqueued_.fetch_sub(1, std::memory_order_seq_cst);
+        queue_.enqueue(wake_up());
+    }
+
+    /// What uncount() queues: the commit thread drops it. Compared, never dereferenced.
+    static TaskBase* wake_up() noexcept {
+        alignas(TaskBase) static unsigned char marker;
+        return reinterpret_cast<TaskBase*>(&marker);
     }
 
     void stop_and_join() {
@@ -577,14 +590,15 @@ private:
         };
         bool stopping = false;
         std::uint64_t dequeued = 0;
-        // Keeps the items of bulk[0, got), drops the sentinel; returns how many are left.
+        // Keeps the items of bulk[0, got), drops the sentinel and wake-ups; returns how
+        // many are left.
         auto sift = [&](std::size_t got) {
             std::size_t n = 0;
             for (std::size_t i = 0; i < got; ++i) {
-                if (bulk[i] != nullptr) {
-                    bulk[n++] = bulk[i];
-                } else {
+                if (bulk[i] == nullptr) {
                     stopping = true;
+                } else if (bulk[i] != wake_up()) {
+                    bulk[n++] = bulk[i];
                 }
             }
             return n;
@@ -610,7 +624,8 @@ private:
             }
         };
         for (;;) {
-            if (stopping && heap.empty() && dequeued == enqueued_.load(std::memory_order_acquire)) break;
+            // seq_cst: see submit()
+            if (stopping && heap.empty() && dequeued == enqueued_.load(std::memory_order_seq_cst)) break;
             if (!heap.empty()) {
                 drain_into_heap();
             } else {
@@ -1223,8 +1238,7 @@ private:
     Histogram batch_seconds_;  // wall time per batch (Policy::collect_stats)
     Histogram item_seconds_;   // queued to end of batch (HandlerOptions::measure_latency)
 
-    alignas(64) std::atomic<long> active_{0};  // producers inside submit()
-    std::atomic<bool> stopped_{false};
+    alignas(64) std::atomic<bool> stopped_{false};
     std::atomic<bool> cancel_{false};
     std::mutex shutdown_mutex_;
     std::atomic<bool> paused_{false};
