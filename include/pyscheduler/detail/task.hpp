@@ -303,8 +303,9 @@ public:
     /// Offset of the Task from its block's start (the head).
     static std::size_t offset_in_block() { return align_up(Completion<F>::head_bytes(), alignof(Task)); }
 
-    /// Once, before the item is queued.
-    F get_future() { return completion_.get_future(head()); }
+    /// Once, before the item is queued; `block` is this Task's head, which make_task
+    /// has at hand (head() would compute it again on queue_invoke's per-item path).
+    F get_future(Head* block) { return completion_.get_future(block); }
 
     bool commit_needs_gil() const noexcept override { return is_python_object_v<Committed>; }
 
@@ -467,7 +468,7 @@ std::pair<Task<F, Commit, Callback, Args...>*, F> make_task(C&& commit, B&& call
         head->release();  // the Task's reference; arena allocations were given back by unwinding
         throw;
     }
-    return {task, task->get_future()};
+    return {task, task->get_future(head)};
 }
 
 }  // namespace pyscheduler::detail
