@@ -5,8 +5,9 @@
 // libstdc++ (the shared state is made ready through std::call_once, and glibc's
 // pthread_once ends its slow path, which every fresh promise takes, with an
 // unconditional futex wake). At a million items a second that system call is the
-// largest single cost of the pipeline. Future<R> makes its result ready with one
-// atomic exchange and enters the kernel only when a thread is actually waiting.
+// largest single cost of the pipeline. Future<R> makes its result ready, and lets go
+// of the item's reference, with one atomic instruction, and enters the kernel only
+// when a thread is actually waiting.
 //
 // It keeps std::future's contract for what it offers: get() once (then invalid),
 // wait(), wait_for(), wait_until(), valid(), and std::future_error(no_state) on an
@@ -20,6 +21,7 @@
 #pragma once
 
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -55,95 +57,6 @@ namespace detail {
 template <class R>
 using const_ref_t = std::conditional_t<std::is_void_v<R>, void, std::add_lvalue_reference_t<const R>>;
 
-/// An event that is set once. The word is 0 (pending), 1 (set) or 2 (pending, and a
-/// thread is parked on it or about to park): set() makes a system call only in the
-/// last case.
-///
-/// Threads park on a futex (Linux), or elsewhere (and with
-/// PYSCHEDULER_FUTURE_PORTABLE_WAIT defined, which the tests use to exercise it) on a
-/// mutex + condition variable of the event's own. Not on a shared table of them: two
-/// shared libraries that include this header each get their own copy of any static,
-/// and a Future made in one may be waited on in the other.
-class OneShotEvent {
-public:
-    using Deadline = std::chrono::steady_clock::time_point;
-
-    // seq_cst (the same instructions as acquire/release on x86 and ARMv8): the state's
-    // continuation list relies on a store of each side being seen by the other side's
-    // later load (FutureState::on_ready).
-    bool is_set() const noexcept { return word_.load(std::memory_order_seq_cst) == kSet; }
-
-    void set() noexcept {
-        if (word_.exchange(kSet, std::memory_order_seq_cst) == kParked) wake_all();
-    }
-
-    /// Waits until the event is set, or until `*deadline` when one is given. Returns
-    /// is_set(). Parks at once: spinning first made a batch-1 round trip 2.5x slower
-    /// on a 2-core machine (the spinning waiter takes the core that the pipeline's
-    /// threads need to produce the result), and did not raise throughput.
-    bool wait(const Deadline* deadline) const noexcept {
-        std::uint32_t w = word_.load(std::memory_order_acquire);
-        while (w != kSet) {
-            if (w == kPending && !word_.compare_exchange_weak(w, kParked, std::memory_order_acquire)) continue;
-            if (!park(deadline)) return is_set();
-            w = word_.load(std::memory_order_acquire);
-        }
-        return true;
-    }
-
-private:
-    static constexpr std::uint32_t kPending = 0;
-    static constexpr std::uint32_t kSet = 1;
-    static constexpr std::uint32_t kParked = 2;
-
-#if defined(__linux__) && !defined(PYSCHEDULER_FUTURE_PORTABLE_WAIT)
-    std::uint32_t* address() const noexcept {
-        static_assert(sizeof(word_) == sizeof(std::uint32_t));
-        return reinterpret_cast<std::uint32_t*>(const_cast<std::atomic<std::uint32_t>*>(&word_));
-    }
-    /// Sleeps while the word is kParked. False once the deadline has passed.
-    bool park(const Deadline* deadline) const noexcept {
-        // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (steady_clock's
-        // clock in libstdc++ and libc++), so spurious wake-ups do not stretch the wait.
-        timespec ts{};
-        if (deadline) {
-            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline->time_since_epoch()).count();
-            if (ns <= 0) return false;
-            ts.tv_sec = static_cast<std::time_t>(ns / 1000000000);
-            ts.tv_nsec = static_cast<long>(ns % 1000000000);
-        }
-        const long rc = ::syscall(SYS_futex, address(), FUTEX_WAIT_BITSET_PRIVATE, kParked, deadline ? &ts : nullptr,
-                                  nullptr, FUTEX_BITSET_MATCH_ANY);
-        return !(rc == -1 && errno == ETIMEDOUT);
-    }
-    void wake_all() noexcept { ::syscall(SYS_futex, address(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0); }
-#else
-    // The setter changes the word before it takes the lock, and the parker reads it
-    // under the lock: a wake-up cannot fall between the check and the wait. The
-    // setter's reference to the shared state keeps the event alive through
-    // wake_all(), even when the woken waiter lets go of the state at once.
-    bool park(const Deadline* deadline) const noexcept {
-        std::unique_lock<std::mutex> lock(mutex_);
-        while (word_.load(std::memory_order_acquire) == kParked) {
-            if (!deadline) {
-                cv_.wait(lock);
-            } else if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout) {
-                return false;
-            }
-        }
-        return true;
-    }
-    void wake_all() noexcept {
-        { std::lock_guard<std::mutex> lock(mutex_); }
-        cv_.notify_all();
-    }
-    mutable std::mutex mutex_;
-    mutable std::condition_variable cv_;
-#endif
-
-    mutable std::atomic<std::uint32_t> word_{kPending};
-};
-
 /// A queued item's heap block. Plain operator new already aligns to 16 bytes; the
 /// aligned overload rounds the size up to the alignment, which costs a malloc size
 /// class, so it serves over-aligned items only.
@@ -169,12 +82,32 @@ struct Continuation {
 };
 
 /// The shared state of one Future<R>, at the start of its item's heap block (the
-/// pipeline's task node follows it). References: the item's, dropped once it has
-/// fulfilled the state, and one per Future or SharedFuture. The last one destroys
-/// the state and frees the block.
+/// pipeline's task node follows it).
+///
+/// Its readiness, its waiters and its references share one 64-bit word, so that an
+/// item fulfils its future and lets go of the block with one locked instruction
+/// (publish_and_release(); two of them, each waiting for the block's cache line, were
+/// about a quarter of an executor's time at batch 256):
+///   bit 0   kSet      the result is there
+///   bit 1   kParked   a thread waits in the kernel, or is about to: the setter wakes it
+///   bit 2   kWatched  continuations were added: the setter runs them
+///   32-63   references: the item's (until it has published), one per Future or
+///           SharedFuture, and one for each of kParked and kWatched. The thread that
+///           sets one of those flags adds that reference for the setter, in the same
+///           instruction: the setter still touches the block after it has published
+///           (to wake, to run the continuations) and lets go of those references after.
+/// Without a flag set (the common case) the setter's publish is its last access.
+///
+/// Threads park on the word's low half (the flags) with a futex (Linux), or elsewhere
+/// (and with PYSCHEDULER_FUTURE_PORTABLE_WAIT defined, which the tests use to exercise
+/// it) on a mutex + condition variable of the state's own. Not on a shared table of
+/// them: two shared libraries that include this header each get their own copy of any
+/// static, and a Future made in one may be waited on in the other.
 template <class R>
 class FutureState {
 public:
+    using Deadline = std::chrono::steady_clock::time_point;
+
     /// `block_align`: the alignment the block was allocated with (to free it).
     explicit FutureState(std::size_t block_align) noexcept : align_(block_align) {}
     FutureState(const FutureState&) = delete;
@@ -189,38 +122,76 @@ public:
     /// yet): a plain store instead of a locked add, which on a freshly allocated
     /// block waits for its construction's stores.
     Future<R> make_first_future() noexcept {
-        refs_.store(2, std::memory_order_relaxed);
+        word_.store(2 * kRef, std::memory_order_relaxed);
         return Future<R>(this);
     }
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void add_ref() noexcept { word_.fetch_add(kRef, std::memory_order_relaxed); }
 
+    /// Fulfils the state; the caller keeps its reference (and release()s it later).
     template <class... V>
     void set_value(V&&... v) noexcept {
+        store_value(std::forward<V>(v)...);
+        publish<false>();
+    }
+    void set_exception(std::exception_ptr e) noexcept {
+        store_exception(std::move(e));
+        publish<false>();
+    }
+
+    /// An item's way: the result is stored first (nobody sees it yet), the item's task
+    /// ends, and publish_and_release() then makes the result visible and drops the
+    /// item's reference at once. After it the block is no longer the caller's.
+    template <class... V>
+    void store_value(V&&... v) noexcept {
         try {
             if constexpr (!std::is_void_v<R>) value_.emplace(std::forward<V>(v)...);
         } catch (...) {  // R's constructor threw: the future gets that
             error_ = std::current_exception();
         }
-        make_ready();
     }
-    void set_exception(std::exception_ptr e) noexcept {
-        error_ = std::move(e);
-        make_ready();
-    }
+    void store_exception(std::exception_ptr e) noexcept { error_ = std::move(e); }
+    void publish_and_release() noexcept { publish<true>(); }
 
-    bool is_ready() const noexcept { return ready_.is_set(); }
-    bool wait(const OneShotEvent::Deadline* deadline) const noexcept { return ready_.wait(deadline); }
+    bool is_ready() const noexcept { return (word_.load(std::memory_order_acquire) & kSet) != 0; }
+
+    /// Waits until the state is ready, or until `*deadline` when one is given. Returns
+    /// is_ready(). Parks at once: spinning first made a batch-1 round trip 2.5x slower
+    /// on a 2-core machine (the spinning waiter takes the core that the pipeline's
+    /// threads need to produce the result), and did not raise throughput.
+    bool wait(const Deadline* deadline) const noexcept {
+        std::uint64_t w = word_.load(std::memory_order_acquire);
+        while ((w & kSet) == 0) {
+            if ((w & kParked) == 0) {  // the first parker adds the setter's reference for the wake-up
+                if (!word_.compare_exchange_weak(w, w + kParked + kRef, std::memory_order_acquire)) continue;
+                w += kParked + kRef;
+            }
+            if (!park(static_cast<std::uint32_t>(w), deadline)) return is_ready();
+            w = word_.load(std::memory_order_acquire);
+        }
+        return true;
+    }
 
     /// Runs `c` once the state is ready (see Continuation). Lock-free: the node is
-    /// pushed onto a list that the setter empties after it made the state ready; an
-    /// adder that then finds the state ready empties the list itself. Both may try;
-    /// each takes the list with an exchange, so every node runs exactly once.
+    /// pushed onto a list, then kWatched is set (with its reference, by the first
+    /// watcher) by an exchange that, when it succeeds, comes before the setter's
+    /// publish, so the setter sees the flag and runs the list. A watcher that finds
+    /// the state set runs the list itself. Each side takes the list with an exchange,
+    /// so every node runs exactly once. The caller holds a reference.
     void on_ready(Continuation* c) noexcept {
         Continuation* head = continuations_.load(std::memory_order_relaxed);
         do {
             c->next = head;
-        } while (!continuations_.compare_exchange_weak(head, c, std::memory_order_seq_cst, std::memory_order_relaxed));
-        if (ready_.is_set()) run_continuations();
+        } while (!continuations_.compare_exchange_weak(head, c, std::memory_order_release, std::memory_order_relaxed));
+        std::uint64_t w = word_.load(std::memory_order_acquire);
+        for (;;) {
+            if ((w & kSet) != 0) {
+                run_continuations();
+                return;
+            }
+            // Exchanged even when kWatched is set already: its success is what orders it.
+            const std::uint64_t flagged = (w & kWatched) != 0 ? w : w + kWatched + kRef;
+            if (word_.compare_exchange_weak(w, flagged, std::memory_order_acq_rel, std::memory_order_acquire)) return;
+        }
     }
 
     /// After wait(): the value, or the stored exception rethrown.
@@ -241,20 +212,41 @@ public:
     void release() noexcept {
         // A count of 1 is ours alone: nobody else can add a reference, so the last
         // one skips the locked decrement (acquire: the other holders' releases).
-        if (refs_.load(std::memory_order_acquire) == 1 || refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            const std::size_t align = align_;
-            this->~FutureState();
-            free_block(this, align);
+        if (refs(word_.load(std::memory_order_acquire)) == 1 ||
+            refs(word_.fetch_sub(kRef, std::memory_order_acq_rel)) == 1) {
+            destroy();
         }
     }
 
 private:
-    void make_ready() noexcept {
-        ready_.set();
-        // A plain load when nobody added a continuation (the common case); seq_cst
-        // pairs with on_ready's push and its is_set(): one of the two sees the other.
-        if (continuations_.load(std::memory_order_seq_cst) != nullptr) run_continuations();
+    static constexpr std::uint64_t kSet = 1;
+    static constexpr std::uint64_t kParked = 2;
+    static constexpr std::uint64_t kWatched = 4;
+    static constexpr std::uint64_t kRef = std::uint64_t{1} << 32;
+    static constexpr std::uint64_t refs(std::uint64_t word) noexcept { return word >> 32; }
+    static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+    /// Sets kSet and, when `Release`, drops the setter's reference in the same
+    /// instruction. Then, only when a flag was set, wakes the parked threads and runs
+    /// the continuations, on the references their flags added, and drops those.
+    template <bool Release>
+    void publish() noexcept {
+        const std::uint64_t old = word_.fetch_add(Release ? kSet - kRef : kSet, std::memory_order_acq_rel);
+        const std::uint64_t flags = old & (kParked | kWatched);
+        if (flags == 0) {
+            if (Release && refs(old) == 1) destroy();  // no future is left to look
+            return;
+        }
+        if ((flags & kParked) != 0) wake_all();
+        if ((flags & kWatched) != 0) run_continuations();
+        const std::uint64_t added = ((flags & kParked) != 0 ? kRef : 0) + ((flags & kWatched) != 0 ? kRef : 0);
+        if constexpr (Release) {
+            if (refs(word_.fetch_sub(added, std::memory_order_acq_rel)) == refs(added)) destroy();
+        } else {  // the caller's reference keeps the block
+            word_.fetch_sub(added, std::memory_order_release);
+        }
     }
+
     void run_continuations() noexcept {
         Continuation* c = continuations_.exchange(nullptr, std::memory_order_acq_rel);
         while (c != nullptr) {
@@ -264,12 +256,64 @@ private:
         }
     }
 
+    void destroy() noexcept {
+        const std::size_t align = align_;
+        this->~FutureState();
+        free_block(this, align);
+    }
+
+#if defined(__linux__) && !defined(PYSCHEDULER_FUTURE_PORTABLE_WAIT)
+    /// The word's low half: the flags, which a futex compares.
+    std::uint32_t* flags_address() const noexcept {
+        static_assert(sizeof(word_) == 2 * sizeof(std::uint32_t));
+        auto* halves = reinterpret_cast<std::uint32_t*>(const_cast<std::atomic<std::uint64_t>*>(&word_));
+        return halves + (std::endian::native == std::endian::little ? 0 : 1);
+    }
+    /// Sleeps while the flags are `flags`. False once the deadline has passed.
+    bool park(std::uint32_t flags, const Deadline* deadline) const noexcept {
+        // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (steady_clock's
+        // clock in libstdc++ and libc++), so spurious wake-ups do not stretch the wait.
+        timespec ts{};
+        if (deadline) {
+            const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline->time_since_epoch()).count();
+            if (ns <= 0) return false;
+            ts.tv_sec = static_cast<std::time_t>(ns / 1000000000);
+            ts.tv_nsec = static_cast<long>(ns % 1000000000);
+        }
+        const long rc = ::syscall(SYS_futex, flags_address(), FUTEX_WAIT_BITSET_PRIVATE, flags,
+                                  deadline ? &ts : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+        return !(rc == -1 && errno == ETIMEDOUT);
+    }
+    void wake_all() const noexcept {
+        ::syscall(SYS_futex, flags_address(), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+    }
+#else
+    // The setter changes the word before it takes the lock, and the parker reads it
+    // under the lock: a wake-up cannot fall between the check and the wait.
+    bool park(std::uint32_t, const Deadline* deadline) const noexcept {
+        std::unique_lock<std::mutex> lock(mutex_);
+        while (!is_ready()) {
+            if (!deadline) {
+                cv_.wait(lock);
+            } else if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout) {
+                return false;
+            }
+        }
+        return true;
+    }
+    void wake_all() const noexcept {
+        { std::lock_guard<std::mutex> lock(mutex_); }
+        cv_.notify_all();
+    }
+    mutable std::mutex mutex_;
+    mutable std::condition_variable cv_;
+#endif
+
     struct Empty {};
     using Value = std::conditional_t<std::is_void_v<R>, int, R>;  // std::optional<void> is ill-formed
     using Storage = std::conditional_t<std::is_void_v<R>, Empty, std::optional<Value>>;
 
-    std::atomic<std::uint32_t> refs_{1};  // the item's; make_future() adds the Future's
-    OneShotEvent ready_;
+    mutable std::atomic<std::uint64_t> word_{kRef};  // the item's reference; make_future() adds the Future's
     std::atomic<Continuation*> continuations_{nullptr};
     std::size_t align_;
     std::exception_ptr error_;

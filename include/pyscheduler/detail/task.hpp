@@ -138,8 +138,9 @@ std::size_t promise_arena_bytes() {
 // --- the producer side of each future type -------------------------------------
 
 /// How an item makes and fulfils a future of type F, and the head of its block
-/// (built first, at the block's start; the Task follows). The head's release()
-/// drops the Task's reference once the Task is destroyed.
+/// (built first, at the block's start; the Task follows). set_value/set_exception
+/// hand it the result; finish(head), once the Task is destroyed, makes sure the
+/// future sees the result and drops the Task's reference to the block.
 template <class F>
 struct Completion;
 
@@ -167,6 +168,8 @@ struct Completion<std::future<R>> {
         promise.set_value(std::forward<V>(v)...);
     }
     void set_exception(Head*, std::exception_ptr e) { promise.set_exception(std::move(e)); }
+    /// After the Task has ended: drops its reference to the block.
+    static void finish(Head* head) noexcept { head->release(); }
 
     std::promise<R> promise;
 };
@@ -182,11 +185,15 @@ struct Completion<Future<R>> {
 
     explicit Completion(Head*) noexcept {}
     Future<R> get_future(Head* state) noexcept { return state->make_first_future(); }
+    /// Stored only: the future sees the result at finish().
     template <class... V>
     void set_value(Head* state, V&&... v) noexcept {
-        state->set_value(std::forward<V>(v)...);
+        state->store_value(std::forward<V>(v)...);
     }
-    void set_exception(Head* state, std::exception_ptr e) noexcept { state->set_exception(std::move(e)); }
+    void set_exception(Head* state, std::exception_ptr e) noexcept { state->store_exception(std::move(e)); }
+    /// After the Task has ended: publishes the result and drops the Task's reference,
+    /// in one locked instruction (FutureState).
+    static void finish(Head* state) noexcept { state->publish_and_release(); }
 };
 
 // --- the type-erased task ----------------------------------------------------
@@ -387,7 +394,7 @@ public:
             }
         }
         this->~Task();
-        block->release();
+        Completion<F>::finish(block);
         return report;  // told after the future is fulfilled
     }
 
