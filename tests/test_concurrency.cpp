@@ -141,6 +141,39 @@ TEST(Concurrency, StagesThatOnlySpinLoseNothing) {
     idle_wake_stress<SpinOnlyPolicy>(o);
 }
 
+// The commit thread parks as soon as it finds the queue empty, and producers signal it
+// only when they see it parked (an eventcount: each producer counts its item, then
+// reads the flag; the commit thread sets the flag, then reads the queue and the count).
+// Round trips from several threads put every producer's count, enqueue and read of
+// the flag against every point of that: a wake-up lost there is an item that never
+// completes.
+TEST(Concurrency, ProducersRacingACommitThreadThatParksAtOnceLoseNoWakeUp) {
+    constexpr int kProducers = 3, kRounds = 4000;
+    HandlerOptions o;
+    o.batch_size = 2;
+    o.prefetch_depth = 1;
+    auto h = load<ParkAtOncePolicy>("double", o);
+    std::atomic<int> lost{0}, wrong{0};
+    std::vector<std::thread> producers;
+    for (int p = 0; p < kProducers; ++p) {
+        producers.emplace_back([&, p] {
+            for (int i = 0; i < kRounds; ++i) {
+                const long v = static_cast<long>(p) * kRounds + i;
+                auto f = h.queue_invoke([v] { return v; }, cast_to<long>());
+                if (!completes(f)) {
+                    ++lost;
+                    return;
+                }
+                wrong += f.get() != 2 * v;
+            }
+        });
+    }
+    for (auto& t : producers) t.join();
+    EXPECT_EQ(lost.load(), 0);
+    EXPECT_EQ(wrong.load(), 0);
+    EXPECT_EQ(h.get_queue_stats().completed, static_cast<std::uint64_t>(kProducers * kRounds));
+}
+
 TEST(Concurrency, DozensOfHandlersAtOnce) {
     constexpr int kHandlers = 32;
     constexpr int kItems = 300;

@@ -4,11 +4,14 @@
 //             --> worker set: N executor threads (GIL only while they have a batch)
 //             --> promises
 //
-// Synchronisation: the MPMC queue is moodycamel's BlockingConcurrentQueue (a
-// lock-free queue plus a semaphore that counts its items). The prefetch ring is an
-// array with one producer (the commit thread) whose hand-offs are ordered by two
-// semaphores: `room_` (free slots, released by the executors, acquired by the commit
-// thread) and `ready_` (committed items, the other way round). An executor first
+// Synchronisation: the MPMC queue is moodycamel's ConcurrentQueue (lock-free). The
+// commit thread parks on a semaphore of its own, which producers signal only when it
+// is parked (an eventcount made of the item count `enqueued_` and the flag
+// `commit_parked_`; see park_for_work() in commit_loop), so queueing an item takes
+// one locked instruction. The prefetch ring is an array with one producer (the
+// commit thread) whose hand-offs are ordered by two semaphores: `room_` (free slots,
+// released by the executors, acquired by the commit thread) and `ready_` (committed
+// items, the other way round). An executor first
 // takes a count from `ready_`, then pops that many items; with several workers the
 // pops happen under `take_mutex_`, so slots are read in ring order and a slot is
 // given back (room_) only after every slot before it was read. Every wait polls
@@ -32,7 +35,8 @@
 // after everything ahead of it. Every item therefore completes.
 #pragma once
 
-#include <concurrentqueue/blockingconcurrentqueue.h>
+#include <concurrentqueue/concurrentqueue.h>
+#include <concurrentqueue/lightweightsemaphore.h>
 
 #include <algorithm>
 #include <array>
@@ -41,6 +45,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -146,10 +151,6 @@ std::ptrdiff_t idle_wait_many(moodycamel::LightweightSemaphore& semaphore, std::
     return idle_wait<Policy>([&] { return semaphore.tryWaitMany(max); }, [&] { return semaphore.waitMany(max); },
                              budget);
 }
-
-struct QueueTraits : moodycamel::ConcurrentQueueDefaultTraits {
-    static const int MAX_SEMA_SPINS = 0;  // idle_wait polls before the queue parks
-};
 
 /// Bounded ring with one producer. Not synchronised by itself: the pipeline's
 /// semaphores order every push before the pop that reads it, and its take mutex
@@ -273,12 +274,14 @@ public:
     /// waits for every stream to end before it closes the queue, so it is never refused.
     void queue_step(StreamBase* s) noexcept override {
         stream_steps_.fetch_add(1, std::memory_order_relaxed);
-        enqueued_.fetch_add(1, std::memory_order_relaxed);
+        enqueued_.fetch_add(1, std::memory_order_seq_cst);  // seq_cst: see park_for_work()
         if (!queue_.enqueue(s)) {  // out of memory for a queue block
-            enqueued_.fetch_sub(1, std::memory_order_relaxed);
             stream_steps_.fetch_sub(1, std::memory_order_relaxed);
+            uncount();
             s->repark();
+            return;
         }
+        wake_commit_thread();
     }
 
     void stream_ended(StreamBase* s) noexcept override {
@@ -333,9 +336,10 @@ public:
         // Counted before the stopped_ check, both seq_cst: a producer that finds the
         // handler running was counted before shutdown() set stopped_, so the commit
         // thread, which stops only once it has taken every counted item, waits for
-        // this one even if it lands behind the sentinel. A refused producer takes its
-        // count back and queues a wake-up, for a commit thread that saw the count and
-        // parked. (One locked instruction an item for all of this.)
+        // this one even if it lands behind the sentinel. The same count tells a commit
+        // thread about to park that this item is on its way (park_for_work()). A
+        // refused producer takes its count back. One locked instruction an item for
+        // all of this.
         enqueued_.fetch_add(1, std::memory_order_seq_cst);
         if (stopped_.load(std::memory_order_seq_cst)) {
             uncount();
@@ -346,6 +350,7 @@ public:
             uncount();
             throw std::bad_alloc();
         }
+        wake_commit_thread();
         return true;
     }
 
@@ -497,23 +502,24 @@ private:
         return false;
     }
 
-    /// submit() of an item that was not queued: its count is taken back, and a
-    /// wake-up wakes the commit thread in case it waits for that count. Not a
-    /// sentinel: shutdown() may still be waiting for dependent items and streams,
-    /// whose items the commit thread must take after this one.
+    /// An item counted in enqueued_ that was not queued after all: its count is taken
+    /// back, and the commit thread woken in case it saw the count and waits for the
+    /// item (park_for_work()).
     void uncount() noexcept {
         enqueued_.fetch_sub(1, std::memory_order_seq_cst);
-        queue_.enqueue(wake_up());
+        wake_commit_thread();
     }
 
-    /// What uncount() queues: the commit thread drops it. Compared, never dereferenced.
-    static TaskBase* wake_up() noexcept {
-        alignas(TaskBase) static unsigned char marker;
-        return reinterpret_cast<TaskBase*>(&marker);
+    /// After an item counted in enqueued_ (seq_cst) is in the queue, or its count was
+    /// taken back: signals the commit thread's semaphore if it is parked or about to
+    /// park. A plain load of a line the commit thread writes only when it parks.
+    void wake_commit_thread() noexcept {
+        if (commit_parked_.load(std::memory_order_seq_cst)) work_.signal();
     }
 
     void stop_and_join() {
         queue_.enqueue(nullptr);  // the sentinel; not counted in enqueued_
+        work_.signal();           // so it is not counted, the commit thread may be parked
         GilRelease unlocked;      // the threads need the GIL to finish
         if (commit_thread_.joinable()) commit_thread_.join();
         // When no executor could be started, nothing was queued yet, and the sentinel
@@ -540,11 +546,13 @@ private:
     static void queue_ready(void* self, TaskBase* task) noexcept {
         auto& p = *static_cast<Pipeline*>(self);
         p.stamp_queued(task);
-        p.enqueued_.fetch_add(1, std::memory_order_relaxed);
+        p.enqueued_.fetch_add(1, std::memory_order_seq_cst);  // seq_cst: see park_for_work()
         if (!p.queue_.enqueue(task)) {  // out of memory for a queue block
-            p.enqueued_.fetch_sub(1, std::memory_order_relaxed);
+            p.uncount();
             p.complete_unqueued(task, std::make_exception_ptr(std::bad_alloc()));
+            return;
         }
+        p.wake_commit_thread();
     }
 
     /// WaitRegistry's way out under shutdown(Cancel): an item that waited for inputs.
@@ -590,14 +598,13 @@ private:
         };
         bool stopping = false;
         std::uint64_t dequeued = 0;
-        // Keeps the items of bulk[0, got), drops the sentinel and wake-ups; returns how
-        // many are left.
+        // Keeps the items of bulk[0, got), drops the sentinel; returns how many are left.
         auto sift = [&](std::size_t got) {
             std::size_t n = 0;
             for (std::size_t i = 0; i < got; ++i) {
                 if (bulk[i] == nullptr) {
                     stopping = true;
-                } else if (bulk[i] != wake_up()) {
+                } else {
                     bulk[n++] = bulk[i];
                 }
             }
@@ -609,10 +616,36 @@ private:
                 std::push_heap(heap.begin(), heap.end(), before);
             }
         };
+        // The eventcount's parking side. The flag is set first, then the queue and the
+        // count are read (seq_cst): a producer counts its item and then reads the flag
+        // (seq_cst), so either it sees the flag and signals once its item is in, or this
+        // thread sees its count. A count above what this thread has taken, with the
+        // queue found empty, is an item between its count and its enqueue (or a refused
+        // one, about to be taken back): this thread yields and looks again instead of
+        // parking. Returns 0 only while stopping, once every counted item is in.
+        auto park_for_work = [&]() -> std::size_t {
+            std::size_t got = 0;
+            for (;;) {
+                commit_parked_.store(true, std::memory_order_seq_cst);
+                got = queue_.try_dequeue_bulk(bulk.data(), staged_capacity_);
+                if (got > 0) break;
+                if (enqueued_.load(std::memory_order_seq_cst) != dequeued) {
+                    std::this_thread::yield();
+                    continue;
+                }
+                if (stopping) break;
+                work_.wait();
+            }
+            commit_parked_.store(false, std::memory_order_relaxed);
+            // Signals of producers that saw the flag while this thread was waking: each
+            // park decides on the queue and the count, never on a pending signal, so they
+            // are dropped rather than turned into idle rounds of the next park.
+            work_.tryWaitMany(std::numeric_limits<std::ptrdiff_t>::max());
+            return got;
+        };
         auto wait_for_work = [&] {
             return idle_wait<Policy>([&] { return queue_.try_dequeue_bulk(bulk.data(), staged_capacity_); },
-                                     [&] { return queue_.wait_dequeue_bulk(bulk.data(), staged_capacity_); },
-                                     &budget);
+                                     park_for_work, &budget);
         };
         // Everything queued now joins the heap (bounded, so that producers faster than
         // this thread cannot keep it from committing).
@@ -1208,7 +1241,8 @@ private:
     const HandlerOptions options_;
     const std::size_t staged_capacity_;  // batch_size * prefetch_depth * workers
 
-    moodycamel::BlockingConcurrentQueue<TaskBase*, QueueTraits> queue_;
+    moodycamel::ConcurrentQueue<TaskBase*> queue_;
+    moodycamel::LightweightSemaphore work_{0, 0};  // the commit thread parks on it (0: no spinning)
     std::unique_ptr<moodycamel::LightweightSemaphore> free_slots_;  // bounded queues only
     PrefetchRing ring_;
     moodycamel::LightweightSemaphore room_;   // free ring slots
@@ -1217,6 +1251,7 @@ private:
     std::atomic<bool> prioritized_{false};    // an item had a nonzero priority: the commit thread reorders
 
     alignas(64) std::atomic<std::uint64_t> enqueued_{0};  // producers
+    alignas(64) std::atomic<bool> commit_parked_{false};  // the commit thread (read by every producer)
     alignas(64) std::atomic<std::uint64_t> dequeued_{0};  // commit thread
     std::atomic<std::uint64_t> staged_{0};
     std::atomic<double> commit_batch_ema_{0};
