@@ -11,12 +11,11 @@
 // one locked instruction. The prefetch ring is an array with one producer (the
 // commit thread) whose hand-offs are ordered by two semaphores: `room_` (free slots,
 // released by the executors, acquired by the commit thread) and `ready_` (committed
-// items, the other way round). An executor first
-// takes a count from `ready_`, then pops that many items; with several workers the
-// pops happen under `take_mutex_`, so slots are read in ring order and a slot is
-// given back (room_) only after every slot before it was read. Every wait polls
-// briefly, yielding the core between polls, and then parks in the kernel
-// (idle_wait), so an idle handler costs no CPU.
+// items, the other way round). An executor first takes a count from `ready_`, then
+// pops that many items; with several workers the pops happen under `take_mutex_`, so
+// slots are read in ring order and a slot is given back (room_) only after every
+// slot before it was read. Every wait polls briefly, yielding the core between
+// polls, and then parks in the kernel (idle_wait), so an idle handler costs no CPU.
 //
 // Ordering: with HandlerOptions::order Fifo and no item of nonzero priority, the
 // commit thread commits in dequeue order. Otherwise it keeps the items it dequeued
@@ -519,7 +518,7 @@ private:
 
     void stop_and_join() {
         queue_.enqueue(nullptr);  // the sentinel; not counted in enqueued_
-        work_.signal();           // so it is not counted, the commit thread may be parked
+        work_.signal();           // uncounted, so no producer's signal covers it
         GilRelease unlocked;      // the threads need the GIL to finish
         if (commit_thread_.joinable()) commit_thread_.join();
         // When no executor could be started, nothing was queued yet, and the sentinel
