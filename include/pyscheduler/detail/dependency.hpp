@@ -198,13 +198,14 @@ public:
         if (head_) head_->prev_ = w;
         head_ = w;
         ++count_;
+        unclaimed_.fetch_add(1, std::memory_order_relaxed);
         return true;
     }
 
-    std::size_t size() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return count_;
-    }
+    /// Items still waiting: taken out of the count when claimed, before they are
+    /// queued (or failed), so whoever has seen such an item complete sees it gone
+    /// here. The list keeps the item a moment longer (see inputs_ready).
+    std::size_t size() const { return unclaimed_.load(std::memory_order_acquire); }
 
     /// Shutdown, Drain: refuses new items and returns once every listed item has
     /// been queued (its inputs may come from other handlers, so this waits for them).
@@ -231,6 +232,7 @@ public:
                 continue;
             }
             if (TaskBase* t = w->claim()) {
+                unclaimed_.fetch_sub(1, std::memory_order_release);
                 taken.push_back(t);
                 unlink(w);
                 w->release();  // the registry's reference
@@ -248,6 +250,7 @@ private:
     void inputs_ready(Waiting* w) noexcept {
         TaskBase* t = w->claim();
         if (!t) return;
+        unclaimed_.fetch_sub(1, std::memory_order_release);
         queue_(context_, t);  // before it leaves the list: a draining shutdown waits for it
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -267,6 +270,7 @@ private:
         }
         TaskBase* t = w->claim();
         if (!t) return;
+        unclaimed_.fetch_sub(1, std::memory_order_release);
         cancel_(context_, t);  // before it leaves the list: the shutdown waits for it
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -293,7 +297,8 @@ private:
     mutable std::mutex mutex_;
     std::condition_variable emptied_;
     Waiting* head_ = nullptr;
-    std::size_t count_ = 0;
+    std::size_t count_ = 0;                  // listed (mutex_)
+    std::atomic<std::size_t> unclaimed_{0};  // listed and not claimed yet: size()
     bool closed_ = false;
     bool cancelling_ = false;  // closed by a Cancel shutdown
 };
