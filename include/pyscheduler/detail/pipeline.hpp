@@ -274,13 +274,10 @@ public:
     void queue_step(StreamBase* s) noexcept override {
         stream_steps_.fetch_add(1, std::memory_order_relaxed);
         enqueued_.fetch_add(1, std::memory_order_seq_cst);  // seq_cst: see park_for_work()
-        if (!queue_.enqueue(s)) {  // out of memory for a queue block
+        if (!enqueue_counted(s)) {  // out of memory for a queue block
             stream_steps_.fetch_sub(1, std::memory_order_relaxed);
-            uncount();
             s->repark();
-            return;
         }
-        wake_commit_thread();
     }
 
     void stream_ended(StreamBase* s) noexcept override {
@@ -345,11 +342,7 @@ public:
             return false;
         }
         stamp_queued(task);
-        if (!queue_.enqueue(task)) {
-            uncount();
-            throw std::bad_alloc();
-        }
-        wake_commit_thread();
+        if (!enqueue_counted(task)) throw std::bad_alloc();
         return true;
     }
 
@@ -501,6 +494,18 @@ private:
         return false;
     }
 
+    /// Queues an item already counted in enqueued_ (seq_cst) and wakes the commit
+    /// thread if it parked. False when the queue is out of memory for a block: the
+    /// count is taken back and the item is the caller's again.
+    bool enqueue_counted(TaskBase* t) noexcept {
+        if (!queue_.enqueue(t)) {
+            uncount();
+            return false;
+        }
+        wake_commit_thread();
+        return true;
+    }
+
     /// An item counted in enqueued_ that was not queued after all: its count is taken
     /// back, and the commit thread woken in case it saw the count and waits for the
     /// item (park_for_work()).
@@ -546,12 +551,7 @@ private:
         auto& p = *static_cast<Pipeline*>(self);
         p.stamp_queued(task);
         p.enqueued_.fetch_add(1, std::memory_order_seq_cst);  // seq_cst: see park_for_work()
-        if (!p.queue_.enqueue(task)) {  // out of memory for a queue block
-            p.uncount();
-            p.complete_unqueued(task, std::make_exception_ptr(std::bad_alloc()));
-            return;
-        }
-        p.wake_commit_thread();
+        if (!p.enqueue_counted(task)) p.complete_unqueued(task, std::make_exception_ptr(std::bad_alloc()));
     }
 
     /// WaitRegistry's way out under shutdown(Cancel): an item that waited for inputs.
