@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -507,6 +509,126 @@ TEST(ContinuationStress, AddersRaceTheSetter) {
         }
     }
     EXPECT_EQ(wrong, 0);
+}
+
+
+// --- the slabs that queued items' blocks are carved from (block_pool.hpp) ---------
+
+/// Slabs allocated and not freed, in this process.
+std::int64_t live_slabs() { return detail::Slab::count().load(); }
+
+void* carve(std::size_t size, detail::BlockTag& tag) { return detail::allocate_pooled_block(size, 16, tag); }
+
+TEST(BlockPool, BlocksFreedOnOtherThreadsFreeTheirSlabs) {
+    const std::int64_t before = live_slabs();
+    constexpr int kCarvers = 4;
+    constexpr int kBlocks = 20000;
+    std::mutex mutex;
+    std::vector<std::pair<void*, detail::BlockTag>> handed;
+    std::atomic<int> carving{kCarvers};
+    std::thread freer([&] {
+        std::size_t freed = 0;
+        while (freed < std::size_t{kCarvers} * kBlocks) {
+            std::vector<std::pair<void*, detail::BlockTag>> mine;
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                mine.swap(handed);
+            }
+            for (auto [p, tag] : mine) {
+                ASSERT_EQ(*static_cast<unsigned char*>(p), 0xAB);  // nobody else was given this block
+                *static_cast<unsigned char*>(p) = 0;
+                detail::free_block(p, tag);
+            }
+            freed += mine.size();
+            if (mine.empty()) std::this_thread::yield();
+        }
+    });
+    std::vector<std::thread> carvers;
+    for (int c = 0; c < kCarvers; ++c) {
+        carvers.emplace_back([&, c] {
+            for (int i = 0; i < kBlocks; ++i) {
+                detail::BlockTag tag = 0;
+                void* p = carve(48 + 16 * static_cast<std::size_t>((i + c) % 8), tag);
+                ASSERT_EQ(tag & 1, 1u) << "a small block comes from a slab";
+                *static_cast<unsigned char*>(p) = 0xAB;
+                std::lock_guard<std::mutex> lock(mutex);
+                handed.emplace_back(p, tag);
+            }
+            carving.fetch_sub(1);
+        });
+    }
+    for (auto& t : carvers) t.join();
+    freer.join();
+    EXPECT_EQ(carving.load(), 0);
+    EXPECT_EQ(live_slabs(), before) << "every slab is freed once its blocks are and its carver has exited";
+}
+
+TEST(BlockPool, AThreadReusesItsSlabOnceEveryBlockIsFreed) {
+    const std::int64_t before = live_slabs();
+    std::int64_t during = 0;
+    std::set<detail::BlockTag> slabs;
+    std::thread([&] {
+        for (int i = 0; i < 100000; ++i) {  // some 780 slabs' worth of 128-byte blocks
+            detail::BlockTag tag = 0;
+            void* p = carve(128, tag);
+            slabs.insert(tag);
+            detail::free_block(p, tag);
+        }
+        during = live_slabs();
+    }).join();
+    EXPECT_EQ(slabs.size(), 1u) << "a new slab each time the old one filled up";
+    EXPECT_EQ(during, before + 1);
+    EXPECT_EQ(live_slabs(), before);
+}
+
+TEST(BlockPool, AKeptBlockKeepsItsSlabUntilItIsFreed) {
+    const std::int64_t before = live_slabs();
+    std::pair<void*, detail::BlockTag> kept{};
+    std::thread([&] {
+        std::vector<std::pair<void*, detail::BlockTag>> blocks(1000);  // some 8 slabs
+        for (auto& [p, tag] : blocks) p = carve(128, tag);
+        kept = blocks[500];
+        for (std::size_t i = 0; i < blocks.size(); ++i) {
+            if (i != 500) detail::free_block(blocks[i].first, blocks[i].second);
+        }
+    }).join();
+    EXPECT_EQ(live_slabs(), before + 1);
+    detail::free_block(kept.first, kept.second);
+    EXPECT_EQ(live_slabs(), before);
+}
+
+TEST(BlockPool, LargeAndOverAlignedBlocksComeFromTheHeap) {
+    const std::int64_t before = live_slabs();
+    std::thread([&] {
+        detail::BlockTag tag = 0;
+        void* large = detail::allocate_pooled_block(detail::Slab::kMaxBlock + 1, 16, tag);
+        EXPECT_EQ(tag, 16u);
+        detail::free_block(large, tag);
+        void* aligned = detail::allocate_pooled_block(64, 64, tag);
+        EXPECT_EQ(tag, 64u);
+        EXPECT_EQ(reinterpret_cast<std::uintptr_t>(aligned) % 64, 0u);
+        detail::free_block(aligned, tag);
+        EXPECT_EQ(live_slabs(), before);
+    }).join();
+}
+
+/// A Future whose state was carved from a slab outlives the thread that carved it.
+TEST(BlockPool, AFutureOutlivesTheThreadThatCarvedItsState) {
+    const std::int64_t before = live_slabs();
+    Producer<std::string> producer{};
+    Future<std::string> future;
+    std::thread([&] {
+        detail::BlockTag tag = 0;
+        void* memory = carve(sizeof(detail::FutureState<std::string>), tag);
+        auto* state = ::new (memory) detail::FutureState<std::string>(tag);
+        producer = Producer<std::string>{state, true};
+        future = state->make_future();
+    }).join();
+    EXPECT_EQ(live_slabs(), before + 1);
+    std::thread setter([&] { producer.set_value(std::string(100, 'x')); });
+    EXPECT_EQ(future.get(), std::string(100, 'x'));
+    setter.join();
+    EXPECT_EQ(live_slabs(), before);
 }
 
 }  // namespace

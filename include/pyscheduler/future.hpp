@@ -35,6 +35,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "pyscheduler/detail/block_pool.hpp"
+
 #if defined(__linux__) && !defined(PYSCHEDULER_FUTURE_PORTABLE_WAIT)
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -56,21 +58,6 @@ namespace detail {
 /// `const R&`, or void for R = void: what SharedFuture<R>::get() returns.
 template <class R>
 using const_ref_t = std::conditional_t<std::is_void_v<R>, void, std::add_lvalue_reference_t<const R>>;
-
-/// A queued item's heap block. Plain operator new already aligns to 16 bytes; the
-/// aligned overload rounds the size up to the alignment, which costs a malloc size
-/// class, so it serves over-aligned items only.
-inline void* allocate_block(std::size_t size, std::size_t align) {
-    return align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__ ? ::operator new(size)
-                                                     : ::operator new(size, std::align_val_t(align));
-}
-inline void free_block(void* p, std::size_t align) noexcept {
-    if (align <= __STDCPP_DEFAULT_NEW_ALIGNMENT__) {
-        ::operator delete(p);
-    } else {
-        ::operator delete(p, std::align_val_t(align));
-    }
-}
 
 /// Work to run once a future state is ready: on the thread that makes it ready,
 /// right after (the pipeline's threads do that without the GIL), or at once on the
@@ -108,8 +95,8 @@ class FutureState {
 public:
     using Deadline = std::chrono::steady_clock::time_point;
 
-    /// `block_align`: the alignment the block was allocated with (to free it).
-    explicit FutureState(std::size_t block_align) noexcept : align_(block_align) {}
+    /// `tag`: how the block was allocated (to free it).
+    explicit FutureState(BlockTag tag) noexcept : tag_(tag) {}
     FutureState(const FutureState&) = delete;
     FutureState& operator=(const FutureState&) = delete;
 
@@ -257,9 +244,9 @@ private:
     }
 
     void destroy() noexcept {
-        const std::size_t align = align_;
+        const BlockTag tag = tag_;
         this->~FutureState();
-        free_block(this, align);
+        free_block(this, tag);
     }
 
 #if defined(__linux__) && !defined(PYSCHEDULER_FUTURE_PORTABLE_WAIT)
@@ -315,7 +302,7 @@ private:
 
     mutable std::atomic<std::uint64_t> word_{kRef};  // the item's reference; make_future() adds the Future's
     std::atomic<Continuation*> continuations_{nullptr};
-    std::size_t align_;
+    BlockTag tag_;
     std::exception_ptr error_;
     [[no_unique_address]] Storage value_;
 };

@@ -50,8 +50,6 @@ namespace py = pybind11;
 
 // --- the block and its arena -------------------------------------------------
 
-inline constexpr std::size_t align_up(std::size_t n, std::size_t a) noexcept { return (n + a - 1) & ~(a - 1); }
-
 class alignas(16) BlockHeader {
 public:
     /// capacity == 0: "measure" mode, every allocation goes to the heap but `wanted`
@@ -156,9 +154,13 @@ struct Completion<std::future<R>> {
     using value_type = R;
     using Head = BlockHeader;
     static std::size_t head_bytes() { return sizeof(BlockHeader) + promise_arena_bytes<R>(); }
-    static Head* make_head(void* memory, std::size_t align) noexcept {
+    static void* allocate(std::size_t size, std::size_t align, BlockTag& tag) {
+        tag = align;
+        return allocate_block(size, align);
+    }
+    static Head* make_head(void* memory, BlockTag tag) noexcept {
         return ::new (memory)
-            BlockHeader(static_cast<std::uint32_t>(promise_arena_bytes<R>()), static_cast<std::uint32_t>(align));
+            BlockHeader(static_cast<std::uint32_t>(promise_arena_bytes<R>()), static_cast<std::uint32_t>(tag));
     }
 
     explicit Completion(Head* head) : promise(std::allocator_arg, ArenaAllocator<char>(head)) {}
@@ -181,7 +183,11 @@ struct Completion<Future<R>> {
     using value_type = R;
     using Head = FutureState<R>;
     static std::size_t head_bytes() noexcept { return sizeof(Head); }
-    static Head* make_head(void* memory, std::size_t align) noexcept { return ::new (memory) Head(align); }
+    /// From the calling thread's slab (block_pool.hpp).
+    static void* allocate(std::size_t size, std::size_t align, BlockTag& tag) {
+        return allocate_pooled_block(size, align, tag);
+    }
+    static Head* make_head(void* memory, BlockTag tag) noexcept { return ::new (memory) Head(tag); }
 
     explicit Completion(Head*) noexcept {}
     Future<R> get_future(Head* state) noexcept { return state->make_first_future(); }
@@ -465,8 +471,9 @@ std::pair<Task<F, Commit, Callback, Args...>*, F> make_task(C&& commit, B&& call
     using Head = typename Completion<F>::Head;
     const std::size_t offset = TaskT::offset_in_block();
     const std::size_t align = std::max({std::size_t{16}, alignof(TaskT), alignof(Head)});
-    void* memory = allocate_block(offset + sizeof(TaskT), align);
-    Head* head = Completion<F>::make_head(memory, align);
+    BlockTag tag;
+    void* memory = Completion<F>::allocate(offset + sizeof(TaskT), align, tag);
+    Head* head = Completion<F>::make_head(memory, tag);
     TaskT* task;
     try {
         task = ::new (static_cast<unsigned char*>(memory) + offset)
