@@ -514,7 +514,7 @@ TEST(ContinuationStress, AddersRaceTheSetter) {
 
 // --- the slabs that queued items' blocks are carved from (block_pool.hpp) ---------
 
-/// Slabs allocated and not freed, in this process.
+/// Slabs in use (carved from, or holding blocks not yet freed), in this process.
 std::int64_t live_slabs() { return detail::Slab::count().load(); }
 
 void* carve(std::size_t size, detail::BlockTag& tag) { return detail::allocate_pooled_block(size, 16, tag); }
@@ -610,6 +610,61 @@ TEST(BlockPool, LargeAndOverAlignedBlocksComeFromTheHeap) {
         detail::free_block(aligned, tag);
         EXPECT_EQ(live_slabs(), before);
     }).join();
+}
+
+/// Leaves room for at least `n` more slabs in the cache of freed slabs, handing cached
+/// ones back to the heap when an earlier test in this process filled it.
+void make_room_in_slab_cache(std::size_t n) {
+    auto& cache = detail::SlabCache::instance();
+    while (cache.size() + n > detail::SlabCache::kMaxSlabs) {
+        detail::Slab* s = cache.take();
+        s->~Slab();
+        ::operator delete(s);
+    }
+}
+
+struct Carved {
+    std::set<detail::BlockTag> slabs;  // the slabs the blocks came from
+    std::size_t cached_meanwhile = 0;  // the cache's size while the thread held them
+};
+
+/// Carves `n` blocks of 128 bytes on a thread of its own and frees them there; the
+/// thread has exited (its last slab retired) on return.
+Carved carve_and_free_on_a_thread(std::size_t n) {
+    Carved carved;
+    std::thread([&] {
+        std::vector<std::pair<void*, detail::BlockTag>> blocks(n);
+        for (auto& [p, tag] : blocks) {
+            p = carve(128, tag);
+            carved.slabs.insert(tag);
+        }
+        carved.cached_meanwhile = detail::SlabCache::instance().size();
+        for (auto [p, tag] : blocks) detail::free_block(p, tag);
+    }).join();
+    return carved;
+}
+
+TEST(BlockPool, FreedSlabsAreReusedByTheNextThreadThatNeedsOne) {
+    make_room_in_slab_cache(64);
+    auto& cache = detail::SlabCache::instance();
+    const std::int64_t before = live_slabs();
+    const Carved first = carve_and_free_on_a_thread(1000);  // some 8 slabs
+    ASSERT_GE(first.slabs.size(), 7u);
+    EXPECT_EQ(live_slabs(), before);
+    EXPECT_EQ(cache.size(), first.cached_meanwhile + first.slabs.size()) << "each freed slab is kept";
+    const Carved second = carve_and_free_on_a_thread(1000);
+    EXPECT_EQ(second.cached_meanwhile, cache.size() - second.slabs.size()) << "its slabs came from the cache";
+    EXPECT_EQ(second.slabs, first.slabs) << "the newest cached slabs are taken first";
+    EXPECT_EQ(live_slabs(), before);
+}
+
+TEST(BlockPool, TheCacheKeepsAtMostItsCapAndFreesTheRest) {
+    const std::int64_t before = live_slabs();
+    const std::size_t slabs = detail::SlabCache::kMaxSlabs + 16;
+    const std::size_t per_slab = (detail::Slab::kBytes - detail::Slab::kHeader) / 128;
+    ASSERT_GE(carve_and_free_on_a_thread(slabs * per_slab).slabs.size(), slabs);
+    EXPECT_EQ(detail::SlabCache::instance().size(), detail::SlabCache::kMaxSlabs);
+    EXPECT_EQ(live_slabs(), before);
 }
 
 /// A Future whose state was carved from a slab outlives the thread that carved it.

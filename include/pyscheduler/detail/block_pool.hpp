@@ -7,17 +7,19 @@
 // A thread carves its Future items' blocks from a slab of its own with a bump
 // pointer, no lock and no search; a block is freed, on whatever thread drops its
 // last reference, by one atomic decrement of its slab's count of live blocks, and
-// the slab goes back to the heap when the count reaches zero. A thread whose slab
-// is full and all freed (the usual case for request / response traffic) starts
-// over at the slab's beginning instead.
+// the slab goes to a process-wide cache of freed slabs when the count reaches zero
+// (SlabCache). A thread whose slab is full and all freed (the usual case for
+// request / response traffic) starts over at the slab's beginning instead.
 //
 // The price: a slab stays allocated while any block carved from it lives, so a
-// future that is kept (neither got nor destroyed) keeps up to kSlabBytes alive.
+// future that is kept (neither got nor destroyed) keeps up to Slab::kBytes alive;
+// and up to SlabCache::kMaxBytes of freed slabs stay with the process.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <new>
 #include <utility>
 
@@ -59,28 +61,93 @@ struct Slab {
     static constexpr std::uint64_t kCarving = std::uint64_t{1} << 40;
 
     std::atomic<std::uint64_t> live{kCarving};
+    Slab* next_cached = nullptr;  // SlabCache's list
 
-    /// Slabs allocated and not yet freed, by this copy of the header (tests look).
+    /// Slabs in use (carved from, or holding blocks not yet freed), by this copy of
+    /// the header (tests look).
     static std::atomic<std::int64_t>& count() noexcept {
         static std::atomic<std::int64_t> n{0};
         return n;
     }
-    static Slab* make() {
-        Slab* s = ::new (::operator new(kBytes)) Slab;
-        count().fetch_add(1, std::memory_order_relaxed);
-        return s;
-    }
-    /// Drops `n` of the count; the one that drops the last frees the slab.
-    void release(std::uint64_t n) noexcept {
-        if (live.fetch_sub(n, std::memory_order_acq_rel) == n) {
-            this->~Slab();
-            ::operator delete(this);
-            count().fetch_sub(1, std::memory_order_relaxed);
-        }
-    }
+    /// A slab from the cache, else from the heap; throws std::bad_alloc.
+    static Slab* make();
+    /// Drops `n` of the count; the one that drops the last gives the slab to the
+    /// cache, or to the heap when the cache is full.
+    void release(std::uint64_t n) noexcept;
+
     unsigned char* begin() noexcept { return reinterpret_cast<unsigned char*>(this) + kHeader; }
     unsigned char* end() noexcept { return reinterpret_cast<unsigned char*>(this) + kBytes; }
 };
+
+/// Freed slabs, kept for reuse by any thread, newest first. Without it the slabs of
+/// a burst went back to glibc at its end, glibc gave the top of its heap back to the
+/// kernel, and the next burst page-faulted every page in again (a third of the
+/// producer's CPU at batch 256). Up to kMaxBytes are kept, the largest trim
+/// threshold glibc's own dynamic rule sets; more go back to the heap. One lock a
+/// slab (some 100 items), on the carving thread when it takes one and on the
+/// thread that frees a slab's last block when it puts one back.
+class SlabCache {
+public:
+    static constexpr std::size_t kMaxBytes = std::size_t{32} << 20;
+    static constexpr std::size_t kMaxSlabs = kMaxBytes / Slab::kBytes;
+
+    /// Never destroyed: blocks may be freed while static objects are destroyed.
+    static SlabCache& instance() noexcept {
+        alignas(SlabCache) static unsigned char storage[sizeof(SlabCache)];
+        static SlabCache* const cache = ::new (storage) SlabCache;
+        return *cache;
+    }
+
+    Slab* take() noexcept {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        Slab* s = head_;
+        if (s != nullptr) {
+            head_ = s->next_cached;
+            --size_;
+        }
+        return s;
+    }
+    /// false: the cache is full, the slab stays the caller's.
+    bool put(Slab* s) noexcept {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        if (size_ == kMaxSlabs) return false;
+        s->next_cached = head_;
+        head_ = s;
+        ++size_;
+        return true;
+    }
+    std::size_t size() noexcept {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        return size_;
+    }
+
+private:
+    std::mutex mutex_;
+    Slab* head_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+inline Slab* Slab::make() {
+    Slab* s = SlabCache::instance().take();
+    if (s != nullptr) {
+        s->live.store(kCarving, std::memory_order_relaxed);  // the cache's lock ordered it after its last use
+    } else {
+        s = ::new (::operator new(kBytes)) Slab;
+    }
+    count().fetch_add(1, std::memory_order_relaxed);
+    return s;
+}
+
+inline void Slab::release(std::uint64_t n) noexcept {
+    if (live.fetch_sub(n, std::memory_order_acq_rel) != n) return;
+    count().fetch_sub(1, std::memory_order_relaxed);
+#ifdef PYSCHEDULER_ASAN
+    ASAN_POISON_MEMORY_REGION(begin(), static_cast<std::size_t>(end() - begin()));
+#endif
+    if (SlabCache::instance().put(this)) return;
+    this->~Slab();
+    ::operator delete(this);
+}
 
 /// One thread's slab and bump pointer. Trivial members, reset by the destructor, so
 /// that a block asked for while the thread's other thread_local objects are being
