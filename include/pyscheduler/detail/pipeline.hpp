@@ -378,7 +378,7 @@ public:
         {
             auto gil = first_interpreter().hold();
             task->fail(std::move(error));
-            task->drop_closures();
+            task->release_closures();
         }
         const GroupState::Report report = task->complete();
         GroupState::report(&report, 1);
@@ -926,7 +926,7 @@ private:
                 return;
             }
             for (std::size_t i = 0; i < n; ++i) {
-                f.items[i]->drop_closures();
+                f.items[i]->release_closures();
                 unstarted.push_back(f.items[i]);
             }
         };
@@ -964,7 +964,7 @@ private:
                     done = &flights[head];
                     deliver_call(done->items.data(), done->live,
                                  [&] { return PyObject_CallNoArgs(finish_fn.ptr()); });
-                    for (std::size_t i = 0; i < done->n; ++i) done->items[i]->drop_closures();
+                    for (std::size_t i = 0; i < done->n; ++i) done->items[i]->release_closures();
                     head = (head + 1) % kSlots;
                     if (--count > 0) {
                         flights[head].start = now();  // the next call runs from here
@@ -986,7 +986,7 @@ private:
     /// false when no call started (every item failed, each with its error).
     bool begin_call(const py::object& start_fn, Flight& f) {
         f.start = now();
-        py::list args(0);
+        py::list args(f.n);
         f.live = convert_batch(f.items.data(), f.n, args);
         if (f.live == 0) return false;
         try {
@@ -1066,31 +1066,33 @@ private:
         const auto start = now();
         {
             InterpreterHold gil(worker.interpreter.sub(), &context);
-            py::list args(0);
+            py::list args(n);
             const std::size_t live = convert_batch(items, n, args);
             const py::object& fn = worker.interpreter.function();
             if (live > 0) deliver_call(items, live, [&] { return PyObject_CallOneArg(fn.ptr(), args.ptr()); });
-            for (std::size_t i = 0; i < n; ++i) items[i]->drop_closures();
+            for (std::size_t i = 0; i < n; ++i) items[i]->release_closures();
         }
         settle(worker, items, reports, n, start);
     }
 
-    /// GIL held. Appends each item's committed value to `args`, moving the items that
-    /// converted to the front; an item that fails to convert fails alone. Returns how
-    /// many converted.
+    /// GIL held. Puts each item's committed value into `args`, a list of n empty slots
+    /// (py::list(n): no list growth per item), moving the items that converted to the
+    /// front, and cuts the list to them; an item that fails to convert fails alone.
+    /// Returns how many converted.
     std::size_t convert_batch(TaskBase** items, std::size_t n, py::list& args) {
         std::size_t live = 0;
         for (std::size_t i = 0; i < n; ++i) {
             TaskBase* t = items[i];
             if (t->failed()) continue;
             try {
-                args.append(t->to_python());
+                PyList_SET_ITEM(args.ptr(), static_cast<Py_ssize_t>(live), t->to_python().release().ptr());
             } catch (...) {
                 t->fail(capture_exception("converting the committed value for " + name_));
                 continue;
             }
             std::swap(items[live++], items[i]);
         }
+        Py_SET_SIZE(args.ptr(), static_cast<Py_ssize_t>(live));  // the empty slots after them are not in the list
         return live;
     }
 

@@ -209,6 +209,7 @@ struct Completion<Future<R>> {
 ///   to_python()         executor, GIL held (skipped once the item has failed)
 ///   deliver(result)     executor, GIL held (skipped once the item has failed)
 ///   drop_closures()     executor, GIL held: user closures may own Python objects
+///                       (through release_closures(), which skips trivial ones)
 ///   complete()          executor, GIL released: fulfils the promise, frees the block,
 ///                       and returns what to tell the item's group (GroupState::report)
 /// fail() may be called at any step; the item then skips to drop_closures().
@@ -225,6 +226,13 @@ public:
     virtual void deliver(py::handle result, const std::string& where) noexcept = 0;
     virtual void drop_closures() noexcept = 0;
     virtual GroupState::Report complete() noexcept = 0;
+
+    /// drop_closures() where destroying the closures does something; trivially
+    /// destructible ones (lambdas that capture plain values) are left to the block,
+    /// which saves the executor a virtual call an item.
+    void release_closures() noexcept {
+        if (closures_have_destructor) drop_closures();
+    }
 
     void fail(std::exception_ptr e) noexcept { error = std::move(e); }
     bool failed() const noexcept { return error != nullptr; }
@@ -247,6 +255,7 @@ public:
     std::chrono::steady_clock::time_point queued_at{};  // HandlerOptions::measure_latency only
     GroupState* group = nullptr;     // ItemOptions::group's state, with a reference; told in complete()
     bool stream_step = false;        // a StreamBase (stream.hpp): executors advance it instead of calling Python
+    bool closures_have_destructor = true;  // see release_closures()
 
 protected:
     ~TaskBase() = default;
@@ -311,7 +320,9 @@ public:
     Task(Head* head, C&& commit, B&& callback, A&&... args)
         : completion_(head),
           closures_(std::in_place, std::forward<C>(commit), std::forward<B>(callback),
-                    std::tuple<Args...>(std::forward<A>(args)...)) {}
+                    std::tuple<Args...>(std::forward<A>(args)...)) {
+        closures_have_destructor = !std::is_trivially_destructible_v<Closures>;
+    }
 
     /// Offset of the Task from its block's start (the head).
     static std::size_t offset_in_block() { return align_up(Completion<F>::head_bytes(), alignof(Task)); }
