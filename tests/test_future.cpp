@@ -347,6 +347,21 @@ TEST(FutureStress, SetterRacesTheWaitersPark) {
     EXPECT_EQ(wrong, 0);
 }
 
+// Untimed waits back to back, as a thread going through results waits: each yields
+// first (the thread's last wait ended moments ago), and the set lands during the
+// yields, as they end, or after the waiter parked (the jitter runs from nothing to
+// tens of microseconds). A lost wake-up hangs until the test's timeout.
+TEST(FutureStress, UntimedWaitsBackToBackRaceTheSetter) {
+    constexpr int kRounds = 100000;
+    AnnouncedSetter s(kRounds, 4242);
+    int wrong = 0;
+    for (int i = 0; i < kRounds; ++i) {
+        s.announce(i);
+        wrong += s.futures[i].get() != i;
+    }
+    EXPECT_EQ(wrong, 0);
+}
+
 // Timed waits racing the set: whatever wait_for says must be true, and the value
 // must arrive.
 TEST(FutureStress, TimedWaitsRaceTheSetter) {
