@@ -143,13 +143,14 @@ public:
     bool is_ready() const noexcept { return (word_.load(std::memory_order_acquire) & kSet) != 0; }
 
     /// Waits until the state is ready, or until `*deadline` when one is given. Returns
-    /// is_ready(). A thread whose last untimed wait ended moments ago (kRecent: it is
-    /// going through results, or sending requests back to back) first yields the core
-    /// up to kYields times, looking after each: a result that comes meanwhile costs
-    /// its setter no wake-up, which on a VM costs microseconds. Any other wait parks at
-    /// once: spinning first made a batch-1 round trip 2.5x slower on a 2-core machine
-    /// (the waiter takes the core the pipeline's threads need), and yields before every
-    /// park made requests 2 ms apart 3x slower.
+    /// is_ready(). An untimed wait on a thread whose last untimed wait for a result not
+    /// yet there ended less than kRecent ago (it is going through results, or sending
+    /// requests back to back) first yields the core up to kYields times, looking after
+    /// each: a result that comes meanwhile costs its setter no wake-up, which on a VM
+    /// costs microseconds. Any other wait parks at once: spinning first made a batch-1
+    /// round trip 2.5x slower on a 2-core machine (the waiter takes the core the
+    /// pipeline's threads need), and yields before every park made requests 2 ms apart
+    /// 3x slower.
     static constexpr int kYields = 10;
     static constexpr std::chrono::microseconds kRecent{50};
     bool wait(const Deadline* deadline) const noexcept {

@@ -81,8 +81,8 @@ struct Slab {
 
 /// Freed slabs, kept for reuse by any thread, newest first. Without it the slabs of
 /// a burst went back to glibc at its end, glibc gave the top of its heap back to the
-/// kernel, and the next burst page-faulted every page in again (a third of the
-/// producer's CPU at batch 256). Up to kMaxBytes are kept, the largest trim
+/// kernel, and the next burst page-faulted every page in again (some 40 % of the
+/// producer's samples at batch 256). Up to kMaxBytes are kept, the largest trim
 /// threshold glibc's own dynamic rule sets; more go back to the heap. One lock a
 /// slab (some 100 items), on the carving thread when it takes one and on the
 /// thread that frees a slab's last block when it puts one back.
