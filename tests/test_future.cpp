@@ -526,7 +526,6 @@ TEST(ContinuationStress, AddersRaceTheSetter) {
     EXPECT_EQ(wrong, 0);
 }
 
-
 // --- the slabs that queued items' blocks are carved from (block_pool.hpp) ---------
 
 /// Slabs in use (carved from, or holding blocks not yet freed), in this process.
@@ -575,7 +574,7 @@ TEST(BlockPool, BlocksFreedOnOtherThreadsFreeTheirSlabs) {
     for (auto& t : carvers) t.join();
     freer.join();
     EXPECT_EQ(carving.load(), 0);
-    EXPECT_EQ(live_slabs(), before) << "every slab is freed once its blocks are and its carver has exited";
+    EXPECT_EQ(live_slabs(), before) << "every slab is out of use once its blocks are freed and its carver has exited";
 }
 
 TEST(BlockPool, AThreadReusesItsSlabOnceEveryBlockIsFreed) {
