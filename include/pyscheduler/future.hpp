@@ -60,6 +60,13 @@ namespace detail {
 template <class R>
 using const_ref_t = std::conditional_t<std::is_void_v<R>, void, std::add_lvalue_reference_t<const R>>;
 
+/// When the calling thread's last untimed wait for a result not yet there ended
+/// (FutureState::wait): one per thread, whatever the types of the futures it waits on.
+inline std::chrono::steady_clock::time_point& last_wait_end() noexcept {
+    thread_local std::chrono::steady_clock::time_point end{};
+    return end;
+}
+
 /// Work to run once a future state is ready: on the thread that makes it ready,
 /// right after (the pipeline's threads do that without the GIL), or at once on the
 /// thread that adds it, when the state is ready already. Intrusive: whoever adds the
@@ -157,7 +164,7 @@ public:
         std::uint64_t w = word_.load(std::memory_order_acquire);
         if ((w & kSet) != 0) return true;
         if (deadline != nullptr) return wait_parked(w, deadline);
-        static thread_local Deadline last_end{};
+        Deadline& last_end = last_wait_end();
         if (std::chrono::steady_clock::now() - last_end < kRecent) {
             for (int i = 0; i < kYields && (w & kSet) == 0; ++i) {
                 std::this_thread::yield();
