@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
     if (mode == "task_node") {
         // A queued item whose node is never completed nor freed.
         auto leaked = pyscheduler::detail::make_task<std::future<int>, int (*)(), int (*)(py::object)>(
-            +[] { return 1; }, +[](py::object) { return 1; });
+            false, +[] { return 1; }, +[](py::object) { return 1; });
         std::cout << "leaked a task node at " << static_cast<void*>(leaked.first) << "\n";
     } else if (mode == "py_object") {
         // A Python object we own and never release.

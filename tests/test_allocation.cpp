@@ -16,15 +16,21 @@
 namespace {
 thread_local bool counting = false;
 thread_local std::size_t allocations = 0;
+thread_local std::size_t first_size = 0;  // of the first allocation counted
+
+void count(std::size_t size) noexcept {
+    if (!counting) return;
+    if (allocations++ == 0) first_size = size;
+}
 }  // namespace
 
 void* operator new(std::size_t size) {
-    if (counting) ++allocations;
+    count(size);
     if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
     throw std::bad_alloc();
 }
 void* operator new(std::size_t size, std::align_val_t align) {
-    if (counting) ++allocations;
+    count(size);
     std::size_t a = static_cast<std::size_t>(align);
     if (void* p = std::aligned_alloc(a, (size + a - 1) / a * a)) return p;
     throw std::bad_alloc();
@@ -78,6 +84,41 @@ TEST(Allocation, LightweightFutureItemsComeFromSlabs) {
     EXPECT_LE(allocations_per_item<int>(h, cast_to<int>(), 20000), kSlabBudget);
     EXPECT_LE(allocations_per_item<void>(h, [](py::object) {}, 20000), kSlabBudget);
     EXPECT_LE(allocations_per_item<std::string>(h, [](py::object) { return std::string(); }, 20000), kSlabBudget);
+}
+
+/// Bytes of the block that queueing one item allocates (the first allocation: the
+/// block is made before the item is queued).
+template <class Handler>
+std::size_t block_bytes(Handler& h, const ItemOptions& item) {
+    counting = true;
+    allocations = 0;
+    auto f = h.queue_invoke(item, [] { return 1; }, cast_to<int>());
+    counting = false;
+    EXPECT_GE(allocations, 1u);
+    f.get();
+    return first_size;
+}
+
+// A deadline, a group or a handler that stamps its items (queue_timeout,
+// measure_latency) add detail::ItemExtras to the item's block; a plain item has none.
+TEST(Allocation, OnlyItemsWithADeadlineOrGroupOrStampingHandlerCarryExtras) {
+    auto h = load("identity", 64, 4);
+    const std::size_t plain = block_bytes(h, ItemOptions{});
+    const std::size_t extras = sizeof(detail::ItemExtras);
+    EXPECT_EQ(block_bytes(h, ItemOptions{.priority = 3}), plain);
+    EXPECT_EQ(block_bytes(h, ItemOptions{.deadline = std::chrono::steady_clock::now() + std::chrono::hours(1)}),
+              plain + extras);
+    Group group;
+    EXPECT_EQ(block_bytes(h, ItemOptions{.group = &group}), plain + extras);
+    HandlerOptions timed;
+    timed.queue_timeout = std::chrono::hours(1);
+    auto t = load("identity", timed);
+    EXPECT_EQ(block_bytes(t, ItemOptions{}), plain + extras);
+    HandlerOptions measured;
+    measured.measure_latency = true;
+    auto m = load("identity", measured);
+    EXPECT_EQ(block_bytes(m, ItemOptions{}), plain + extras);
+    EXPECT_EQ(m.get_queue_stats().item_seconds.count, 1u);  // the stamp was read
 }
 
 }  // namespace

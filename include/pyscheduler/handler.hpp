@@ -435,27 +435,33 @@ private:
         static_assert(detail::is_supported_future_v<F>,
                       "pyscheduler: Policy::future<R> must be std::future<R> or pyscheduler::Future<R>");
         using TaskT = detail::Task<F, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>;
+        const bool in_group = member.state || options.group;
+        const bool with_extras =
+            in_group || options.deadline != std::chrono::steady_clock::time_point::max() || p.stamps_items();
         std::pair<TaskT*, F> item;
         try {
             item = detail::make_task<F, std::decay_t<Commit>, std::decay_t<Callback>, std::decay_t<Args>...>(
-                std::forward<Commit>(commit), std::forward<Callback>(callback), std::forward<Args>(args)...);
+                with_extras, std::forward<Commit>(commit), std::forward<Callback>(callback),
+                std::forward<Args>(args)...);
         } catch (...) {
             p.unreserve_slot();
             throw;
         }
         TaskT* task = item.first;
         task->priority = options.priority;
-        task->deadline = options.deadline;
-        if (!member.state && options.group) {
-            try {
-                member = {options.group->state(), options.group->state()->join()};
-            } catch (...) {  // out of memory: the item was not queued
-                p.complete_unqueued(task, std::current_exception());
-                throw;
+        if (with_extras) task->extras->deadline = options.deadline;
+        if (in_group) {
+            if (!member.state) {
+                try {
+                    member = {options.group->state(), options.group->state()->join()};
+                } catch (...) {  // out of memory: the item was not queued
+                    p.complete_unqueued(task, std::current_exception());
+                    throw;
+                }
             }
+            task->extras->group = std::exchange(member.state, nullptr);
+            task->extras->group_index = member.index;
         }
-        task->group = std::exchange(member.state, nullptr);
-        task->group_index = member.index;
         bool queued = false;
         std::exception_ptr error;
         try {

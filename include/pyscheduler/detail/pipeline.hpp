@@ -365,6 +365,9 @@ public:
     /// Items whose inputs are not all ready (see dependency.hpp).
     WaitRegistry& waiting() noexcept { return waiting_; }
 
+    /// Stamps every item when it is queued (stamp_queued), so each needs ItemExtras.
+    bool stamps_items() const noexcept { return options_.queue_timeout.count() > 0 || options_.measure_latency; }
+
     /// Orders the commit thread's waiting items from now on (a nonzero ItemOptions::priority).
     void note_priority() noexcept {
         if (!prioritized_.load(std::memory_order_relaxed)) prioritized_.store(true, std::memory_order_relaxed);
@@ -537,11 +540,13 @@ private:
 
     /// An item is queued: its HandlerOptions::queue_timeout and its latency
     /// (HandlerOptions::measure_latency) start now; one clock read serves both.
+    /// Every item of this handler is made with ItemExtras (make_task).
     void stamp_queued(TaskBase* task) const noexcept {
-        if (options_.queue_timeout.count() == 0 && !options_.measure_latency) return;
+        if (!stamps_items()) return;
+        ItemExtras& x = *task->extras;
         const auto now = std::chrono::steady_clock::now();
-        if (options_.queue_timeout.count() > 0) task->deadline = std::min(task->deadline, now + options_.queue_timeout);
-        task->queued_at = now;
+        if (options_.queue_timeout.count() > 0) x.deadline = std::min(x.deadline, now + options_.queue_timeout);
+        x.queued_at = now;
     }
 
     /// WaitRegistry's way in: an item whose last input just arrived, queued from the
@@ -1025,19 +1030,21 @@ private:
                 t->fail_with([&] { return cancelled(); });
                 continue;
             }
-            if (t->group && t->group->cancelled()) {
+            const ItemExtras* x = t->extras;
+            if (!x) continue;
+            if (x->group && x->group->cancelled()) {
                 t->fail_with([&] {
                     return std::make_exception_ptr(
                         Cancelled(name_ + ": its group was cancelled before it reached Python"));
                 });
                 continue;
             }
-            if (t->deadline == std::chrono::steady_clock::time_point::max()) continue;
+            if (x->deadline == std::chrono::steady_clock::time_point::max()) continue;
             if (!read) {
                 now = std::chrono::steady_clock::now();
                 read = true;
             }
-            if (now < t->deadline) continue;
+            if (now < x->deadline) continue;
             timed_out_.fetch_add(1, std::memory_order_relaxed);
             t->fail_with([&] {
                 return std::make_exception_ptr(
@@ -1226,7 +1233,7 @@ private:
     void observe_latencies(TaskBase* const* items, std::size_t n) noexcept {
         const auto end = std::chrono::steady_clock::now();
         for (std::size_t i = 0; i < n; ++i) {
-            item_seconds_.observe(std::chrono::duration<double>(end - items[i]->queued_at).count());
+            item_seconds_.observe(std::chrono::duration<double>(end - items[i]->extras->queued_at).count());
         }
     }
 

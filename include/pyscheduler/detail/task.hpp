@@ -204,6 +204,18 @@ struct Completion<Future<R>> {
 
 // --- the type-erased task ----------------------------------------------------
 
+/// What only some items carry: a deadline, a group, or the time their handler queued
+/// them (HandlerOptions::queue_timeout and measure_latency stamp every item). Kept at
+/// the end of the item's block, and only there when make_task is asked for it, so
+/// that an item without them is 24 bytes smaller and the executor's per-item checks
+/// (fail_unwanted) read one pointer of the line they touch anyway.
+struct ItemExtras {
+    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // none
+    std::chrono::steady_clock::time_point queued_at{};  // stamped when queued (Pipeline::stamp_queued)
+    GroupState* group = nullptr;    // ItemOptions::group's state, with a reference
+    std::uint32_t group_index = 0;  // in `group`
+};
+
 /// What the pipeline sees of a queued item. The stages call, in order:
 ///   commit()            commit thread; GIL held iff commit_needs_gil()
 ///   to_python()         executor, GIL held (skipped once the item has failed)
@@ -248,12 +260,12 @@ public:
         }
     }
 
+    /// ItemOptions::group's state (with a reference; told in complete()), or null.
+    GroupState* group() const noexcept { return extras ? extras->group : nullptr; }
+
     std::exception_ptr error;
+    ItemExtras* extras = nullptr;    // in the item's block, where make_task was asked for it
     int priority = 0;                // ItemOptions::priority
-    std::uint32_t group_index = 0;   // in `group`
-    std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();  // none
-    std::chrono::steady_clock::time_point queued_at{};  // HandlerOptions::measure_latency only
-    GroupState* group = nullptr;     // ItemOptions::group's state, with a reference; told in complete()
     bool stream_step = false;        // a StreamBase (stream.hpp): executors advance it instead of calling Python
     bool closures_have_destructor = true;  // see release_closures()
 
@@ -393,7 +405,9 @@ public:
     void drop_closures() noexcept override { closures_.reset(); }
 
     GroupState::Report complete() noexcept override {
-        const GroupState::Report report{group, group_index, group ? outcome_of(error) : GroupState::Outcome::Value};
+        GroupState* const g = group();
+        const GroupState::Report report{g, g ? extras->group_index : 0,
+                                        g ? outcome_of(error) : GroupState::Outcome::Value};
         Head* const block = head();
         try {
             if (error) {
@@ -474,16 +488,20 @@ private:
     ResultSlot<R> result_;
 };
 
-/// Allocates one block, builds its head and the Task in it. Returns the task and its
-/// future (of type F).
+/// Allocates one block, builds its head and the Task in it, and with `with_extras`
+/// an ItemExtras after the Task (task->extras). Returns the task and its future (of
+/// type F).
 template <class F, class Commit, class Callback, class... Args, class C, class B, class... A>
-std::pair<Task<F, Commit, Callback, Args...>*, F> make_task(C&& commit, B&& callback, A&&... args) {
+std::pair<Task<F, Commit, Callback, Args...>*, F> make_task(bool with_extras, C&& commit, B&& callback,
+                                                            A&&... args) {
     using TaskT = Task<F, Commit, Callback, Args...>;
     using Head = typename Completion<F>::Head;
     const std::size_t offset = TaskT::offset_in_block();
+    const std::size_t extras_offset = align_up(offset + sizeof(TaskT), alignof(ItemExtras));
+    const std::size_t size = with_extras ? extras_offset + sizeof(ItemExtras) : offset + sizeof(TaskT);
     const std::size_t align = std::max({std::size_t{16}, alignof(TaskT), alignof(Head)});
     BlockTag tag;
-    void* memory = Completion<F>::allocate(offset + sizeof(TaskT), align, tag);
+    void* memory = Completion<F>::allocate(size, align, tag);
     Head* head = Completion<F>::make_head(memory, tag);
     TaskT* task;
     try {
@@ -493,6 +511,7 @@ std::pair<Task<F, Commit, Callback, Args...>*, F> make_task(C&& commit, B&& call
         head->release();  // the Task's reference; arena allocations were given back by unwinding
         throw;
     }
+    if (with_extras) task->extras = ::new (static_cast<unsigned char*>(memory) + extras_offset) ItemExtras;
     return {task, task->get_future(head)};
 }
 
