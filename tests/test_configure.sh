@@ -31,10 +31,11 @@ expect_error "unknown mode 'Fast'" --mode Fast
 expect_error "option --prefix needs a value" --prefix
 expect_error "--bench and --server-bench measure the Release build" --bench --asan
 expect_error "--bench and --server-bench measure the Release build" --server-bench --tsan
+expect_error "--bench runs the benchmarks; it cannot be combined with --no-benchmarks" --bench --no-benchmarks
 
 help="$("$configure" --help)"
 if [[ $? -eq 0 ]]; then
-    for option in --help --mode --tests --examples --asan --tsan --flame --prefix --python --jobs \
+    for option in --help --mode --tests --no-benchmarks --examples --asan --tsan --flame --prefix --python --jobs \
                   --deps --build --test --run --bench --server-bench --install --build-dir PYSCHEDULER_PREFIX; do
         if [[ "$help" == *"$option"* ]]; then passed=$((passed + 1)); else
             failed=$((failed + 1)); echo "FAIL: --help does not mention $option"; fi
