@@ -284,6 +284,27 @@ TEST(ProcessWorkers, PayloadsOfEverySizeArriveIntact) {
     }
 }
 
+TEST(ProcessWorkers, ResultsInTheSegmentSurviveTheCallsSentBehindThem) {
+    // Small calls go inline, so several are sent behind the running one; each result
+    // (1 MiB) goes through the worker's segment. The worker must not write a result
+    // over the one before it while the host has not read that one yet.
+    auto h = load_process(process_workers(1, 1));
+    constexpr int kItems = 200;
+    std::vector<std::future<bool>> intact;
+    for (int k = 0; k < kItems; ++k) {
+        intact.push_back(h.queue_invoke(op("filled"),
+                                        [k](py::object r) {
+                                            const std::string s = r.cast<std::string>();
+                                            return s.size() == (std::size_t{1} << 20) &&
+                                                   s.find_first_not_of(static_cast<char>(k % 256)) == std::string::npos;
+                                        },
+                                        k));
+    }
+    int torn = 0;
+    for (auto& f : intact) torn += f.get() ? 0 : 1;
+    EXPECT_EQ(torn, 0) << "of " << kItems << " results";
+}
+
 /// Pauses `h`, queues what `queue` queues (n items), and resumes once they are all
 /// staged or held by the paused executor: it then starts the first call and, in the
 /// same GIL hold, the next one behind it.

@@ -43,6 +43,8 @@ def _one(op, arg):
         return KeyError(arg)
     if op == "echo":
         return arg
+    if op == "filled":  # 1 MiB of the byte arg % 256: a result that goes through the worker's segment
+        return bytes([arg % 256]) * (1 << 20)
     if op == "slow_sum":  # a numpy array: its sum, read after a while (the call behind it is queued by then)
         time.sleep(0.05)
         return float(arg.sum())

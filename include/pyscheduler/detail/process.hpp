@@ -144,7 +144,7 @@ private:
 inline constexpr const char* kProcessCommonSource = R"PY(
 import array, importlib, io, mmap, os, pickle, socket, struct, sys, time
 
-HEADER = struct.Struct("<cBxxIQ")  # kind, flags, out-of-band buffers, pickle length
+HEADER = struct.Struct("<cBxxIQQ")  # kind, flags, out-of-band buffers, messages read, pickle length
 NEW_SEGMENT = 1     # a descriptor comes with the header: the sender's new segment
 READER_HOLDS = 2    # the sender still holds views of the last segment it received
 INLINE = 4          # the payload follows the header in the message (no segment)
@@ -228,6 +228,14 @@ class Channel:
         self.inp = None            # the segment the peer writes
         self.peer_says_poll = False  # the last message received had POLL
         self.sent_inline = False     # the last message sent carried its payload (no segment)
+        # A segment is written again only once the peer has read the message written
+        # there last: the peer says in each header how many messages it has read whole.
+        # Calls sent ahead make that needed: a worker that finds its next call waiting
+        # replies again before the host has read the reply before.
+        self.sent = 0                # messages this end has sent
+        self.received = 0            # messages this end has read whole
+        self.out_written = 0         # the number of the last message written into self.out
+        self.peer_received = 0       # messages the peer had read when it sent its last one
         self._file = io.BytesIO()  # the pickler writes here (both reused from call to call)
         self._buffers = []
         self._pickler = _Pickler(self._file, protocol=5, buffer_callback=self._out_of_band)
@@ -278,7 +286,9 @@ class Channel:
         if not buffers and len(data) <= MESSAGE_MAX - HEADER.size:
             # Small, nothing out of band: one message carries it, no segment is touched.
             flags |= INLINE | (READER_HOLDS if self.holding() else 0)
-            self.sock.sendmsg([HEADER.pack(kind, flags, 0, len(data)), data], [], socket.MSG_NOSIGNAL)
+            self.sock.sendmsg([HEADER.pack(kind, flags, 0, self.received, len(data)), data], [],
+                              socket.MSG_NOSIGNAL)
+            self.sent += 1
             self.sent_inline = True
             return
         self.sent_inline = False
@@ -286,7 +296,7 @@ class Channel:
         table = 8 * len(sizes)
         need = _align(table + len(data)) + sum(_align(s) for s in sizes)
         fds = []
-        if self.out is None or self.peer_holds or len(self.out) < need:
+        if self.out is None or self.peer_holds or self.peer_received < self.out_written or len(self.out) < need:
             size = max(MIN_SEGMENT, 1 << (need - 1).bit_length())
             fd = os.memfd_create("pyscheduler", os.MFD_CLOEXEC)
             fds.append(fd)
@@ -308,7 +318,10 @@ class Channel:
             if self.holding():
                 flags |= READER_HOLDS
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-            self.sock.sendmsg([HEADER.pack(kind, flags, len(sizes), len(data))], ancillary, socket.MSG_NOSIGNAL)
+            self.sock.sendmsg([HEADER.pack(kind, flags, len(sizes), self.received, len(data))], ancillary,
+                              socket.MSG_NOSIGNAL)
+            self.sent += 1
+            self.out_written = self.sent
         finally:
             for fd in fds:
                 os.close(fd)
@@ -335,7 +348,7 @@ class Channel:
             message, ancillary, _, _ = self.sock.recvmsg(MESSAGE_MAX, FD_SPACE)
         if not message:
             raise EOFError
-        kind, flags, count, length = HEADER.unpack_from(message)
+        kind, flags, count, self.peer_received, length = HEADER.unpack_from(message)
         for level, type_, data in ancillary:  # SCM_RIGHTS: the sender's new segment
             fd = array.array("i", data)[0]
             try:
@@ -344,18 +357,21 @@ class Channel:
                 os.close(fd)
         self.peer_holds = bool(flags & READER_HOLDS)
         self.peer_says_poll = bool(flags & POLL)
-        if flags & INLINE:
-            return kind, pickle.loads(memoryview(message)[HEADER.size:HEADER.size + length])
-        m = self.inp
-        sizes = struct.unpack_from(f"<{count}Q", m, 0) if count else ()
-        table = 8 * count
-        data = m[table:table + length]
-        views = []
-        at = _align(table + length)
-        for s in sizes:
-            views.append(memoryview(m)[at:at + s])
-            at = _align(at + s)
-        return kind, pickle.loads(data, buffers=views)
+        try:
+            if flags & INLINE:
+                return kind, pickle.loads(memoryview(message)[HEADER.size:HEADER.size + length])
+            m = self.inp
+            sizes = struct.unpack_from(f"<{count}Q", m, 0) if count else ()
+            table = 8 * count
+            data = m[table:table + length]
+            views = []
+            at = _align(table + length)
+            for s in sizes:
+                views.append(memoryview(m)[at:at + s])
+                at = _align(at + s)
+            return kind, pickle.loads(data, buffers=views)
+        finally:  # read whole (the views that the result keeps are READER_HOLDS's)
+            self.received += 1
 
 
 def _copy_buffers(m, at, buffers):
