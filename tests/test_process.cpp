@@ -320,28 +320,34 @@ void queue_while_paused(InvokeHandler& h, std::size_t n, Queue queue) {
     ASSERT_TRUE(staged) << "the ring holds fewer than " << n - 1 << " items (prefetch_depth)";
 }
 
-TEST(ProcessWorkers, ACallSentBehindTheRunningOneOutlivesTheWorkersDeath) {
-    // While a call runs, the executor has already sent the next one (the child finds it
-    // when it replies). A kill fails the running call only; the one behind it never
-    // started, and runs in the restarted process.
-    auto h = load_process(process_workers(1, 1));
+TEST(ProcessWorkers, CallsSentBehindTheRunningOneOutliveTheWorkersDeath) {
+    // While a call runs, the executor has already sent the next ones, up to
+    // kProcessCallsInFlight in all (the child finds each when it replies). A kill fails
+    // the running call only; the ones behind it never started, and all run in the
+    // restarted process.
+    constexpr std::size_t kBehind = detail::kProcessCallsInFlight - 1;
+    HandlerOptions o = process_workers(1, 1);
+    o.prefetch_depth = kBehind;  // the ring holds them while the executor holds the first
+    auto h = load_process(o);
     StartedFile started;
-    std::future<long> hung, behind;
-    queue_while_paused(h, 2, [&] {
+    std::future<long> hung;
+    std::vector<std::future<long>> behind;
+    queue_while_paused(h, kBehind + 1, [&] {
         hung = h.queue_invoke(op("hang"), cast_to<long>(), started.path);
-        behind = queue_op(h, "pid", 0);
+        for (std::size_t i = 0; i < kBehind; ++i) behind.push_back(queue_op(h, "pid", 0));
     });
     const long pid = started.wait_for_pid();
     ASSERT_GT(pid, 0);
-    ASSERT_TRUE(eventually([&] { return h.get_queue_stats().execute_queue_size == 0; })) << "sent behind";
+    ASSERT_TRUE(eventually([&] { return h.get_queue_stats().execute_queue_size == 0; })) << "all sent behind";
     ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0);
     EXPECT_THROW(hung.get(), WorkerLost);
-    const long ran_in = behind.get();
+    const long ran_in = behind.front().get();
     EXPECT_GT(ran_in, 0);
     EXPECT_NE(ran_in, pid);
+    for (std::size_t i = 1; i < kBehind; ++i) EXPECT_EQ(behind[i].get(), ran_in) << i;
     const QueueStats stats = h.get_queue_stats();
     EXPECT_EQ(stats.failed, 1u);
-    EXPECT_EQ(stats.completed, 1u);
+    EXPECT_EQ(stats.completed, kBehind);
 }
 
 TEST(ProcessWorkers, NoCallIsSentBehindARunningOneWhileAnotherWorkerIsIdle) {

@@ -37,8 +37,8 @@ struct HandlerOptions {
     /// Committed items may run ahead of execution by up to
     /// `batch_size * prefetch_depth` items per worker (>= 1). Bounds the memory (or GPU
     /// memory) that staged-but-not-yet-executed items hold. A process worker
-    /// (InterpreterKind::Process) holds one batch more: the call it sends to its
-    /// process while the one before still runs.
+    /// (InterpreterKind::Process) holds up to three batches more: the calls it sends
+    /// to its process while the one before still runs.
     std::size_t prefetch_depth = 1;
 
     /// Zero: purely opportunistic batching - the executor takes whatever is ready,

@@ -58,6 +58,7 @@
 #include "pyscheduler/detail/dependency.hpp"
 #include "pyscheduler/detail/gil.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
+#include "pyscheduler/detail/process.hpp"
 #include "pyscheduler/detail/subinterpreter.hpp"
 #include "pyscheduler/stream.hpp"
 #include "pyscheduler/detail/task.hpp"
@@ -900,18 +901,18 @@ private:
     /// The executor of a process worker. It keeps its worker process busy: while a
     /// call runs, the next batch's call is already sent (ProcessWorker.start), so the
     /// child finds it when it replies, instead of waiting for this thread to wake,
-    /// deliver and convert (tens of microseconds a call on a 2-vCPU VM). At most two
-    /// calls are in flight, and the second only behind one whose payload went inline,
-    /// while every other worker of the handler has a call running.
-    /// Each GIL hold finishes the oldest call, delivers its results and starts the
-    /// next one before the futures are fulfilled outside the GIL.
+    /// deliver and convert (tens of microseconds a call on a 2-vCPU VM). At most
+    /// kProcessCallsInFlight calls are in flight; one is sent behind another only when
+    /// that one's payload went inline and every other worker of the handler has a call
+    /// running. Each GIL hold finishes the oldest call, delivers its results and tops
+    /// the calls in flight up again before the futures are fulfilled outside the GIL.
     void process_executor_loop(Worker& worker, ThreadContext& context, Intake& intake) {
-        constexpr std::size_t kSlots = 3;  // two in flight, one being settled
+        constexpr std::size_t kSlots = kProcessCallsInFlight + 1;  // in flight, and one being settled
         std::array<Flight, kSlots> flights;
         for (auto& f : flights) f.items.resize(options_.batch_size);
         std::vector<TaskBase*> unstarted;  // items of batches whose call could not start
-        unstarted.reserve(2 * options_.batch_size);
-        std::vector<GroupState::Report> reports(2 * options_.batch_size);
+        unstarted.reserve(kSlots * options_.batch_size);
+        std::vector<GroupState::Report> reports(kSlots * options_.batch_size);
         py::object start_fn;
         py::object finish_fn;
         {
@@ -937,20 +938,24 @@ private:
         };
         auto settle_unstarted = [&] {
             if (unstarted.empty()) return;
+            if (reports.size() < unstarted.size()) reports.resize(unstarted.size());  // batches that kept failing
             settle(worker, unstarted.data(), reports.data(), unstarted.size(), now());
             unstarted.clear();
         };
-        // GIL held. Starts a batch of what is ready, if a call may start now: when none
+        // GIL held. Starts batches of what is ready while a call may start: when none
         // is in flight, or behind one that went inline while every other worker has a
         // call running (an idle worker takes the batch at once; behind a call it would
-        // wait for that call).
+        // wait for that call), up to kProcessCallsInFlight.
         auto start_ready = [&] {
-            if (count > 1) return;
-            if (count == 1 && (!flights[head].went_inline ||
-                               workers_without_a_call_.load(std::memory_order_acquire) > 0)) {
-                return;
+            while (count < kProcessCallsInFlight) {
+                if (count > 0 && (!flights[(head + count - 1) % kSlots].went_inline ||
+                                  workers_without_a_call_.load(std::memory_order_acquire) > 0)) {
+                    return;
+                }
+                const std::size_t n = intake.take_ready(flights[(head + count) % kSlots].items.data());
+                if (n == 0) return;
+                start(n);
             }
-            if (const std::size_t n = intake.take_ready(flights[(head + count) % kSlots].items.data())) start(n);
         };
         for (;;) {
             std::size_t taken = 0;  // a batch to start, when no call is in flight

@@ -586,7 +586,7 @@ class ProcessWorker:
         return self.finish()
 
     def start(self, *args):
-        """Sends a call; finish() returns its result. A second call may be started
+        """Sends a call; finish() returns its result. More calls may be started
         before the first finishes (the executor keeps its worker busy that way): the
         child runs calls one at a time, in the order sent, and finds the next one
         waiting when it sends a reply. Only behind a call that went inline: one sent
@@ -766,6 +766,14 @@ inline py::module_ process_host_module() {
     modules[kProcessHostModule] = m;
     return m;
 }
+
+/// The most calls a process worker's executor keeps in flight: the one running and
+/// the ones waiting behind it in the child's socket. Two left the child waiting for
+/// the host's next call at small items (a call is sent when the oldest one's reply
+/// has been read, and waking the host's executor on a busy 2-vCPU machine takes longer
+/// than a 50 us call); four keep it busy through such waits, as a
+/// multiprocessing.Pool's queue of sent tasks does.
+inline constexpr std::size_t kProcessCallsInFlight = 4;
 
 /// GIL held. A started worker process serving `module.function`, as the callable a
 /// pipeline worker calls. Throws std::invalid_argument when the child cannot import it.
