@@ -167,7 +167,7 @@ fi
 # The slow unwinder (libpython has no frame pointers) records each allocation's stack,
 # malloc_context_size frames deep: the suppressions need the frame of the import that
 # allocated, 21-24 frames up in this suite (20 reports a leak that 24 suppresses), and
-# each frame costs every allocation: 40 keeps a margin at about half the time of 64.
+# each frame costs every allocation: 40 keeps a margin at about 70 % of the time of 64.
 export PYTHONMALLOC="${PYTHONMALLOC:-malloc}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:fast_unwind_on_malloc=0:malloc_context_size=40}"
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$here/lsan_suppressions.txt:print_suppressions=0}"
