@@ -16,10 +16,6 @@ namespace {
 
 using Light = LightweightFuturePolicy;
 
-auto commit_value(int v) {
-    return [v] { return v; };
-}
-
 TEST(LightweightFuture, ManyProducersBesideADefaultPolicyHandler) {
     auto light = load<Light>("double", 16, 4);
     auto standard = load("double", 16, 4);  // the same function, std::future, at the same time

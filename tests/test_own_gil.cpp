@@ -25,12 +25,6 @@ InvokeHandler load_own(const std::string& function, std::size_t batch_size = 1) 
     return python().loadPythonModule("pyscheduler_test_own_gil", function, own_gil(batch_size));
 }
 
-#if PY_VERSION_HEX >= 0x030C0000
-#define PYSCHEDULER_REQUIRE_OWN_GIL() (void)0
-#else
-#define PYSCHEDULER_REQUIRE_OWN_GIL() GTEST_SKIP() << "own-GIL sub-interpreters need CPython 3.12+"
-#endif
-
 TEST(OwnGil, RefusedBeforeCPython312) {
 #if PY_VERSION_HEX >= 0x030C0000
     GTEST_SKIP() << "this build embeds CPython 3.12+";
@@ -41,7 +35,7 @@ TEST(OwnGil, RefusedBeforeCPython312) {
 }
 
 TEST(OwnGil, RunsInAnInterpreterOfItsOwn) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     auto main = python().loadPythonModule("pyscheduler_test_own_gil", "interpreter_id");
     auto a = load_own("interpreter_id");
     auto b = load_own("interpreter_id");
@@ -55,7 +49,7 @@ TEST(OwnGil, RunsInAnInterpreterOfItsOwn) {
 }
 
 TEST(OwnGil, EveryApiWorks) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     auto square = load_own("square");
     EXPECT_EQ(square.invoke<int>(7), 49);
     EXPECT_EQ(square.invoke([](py::object o) { return o.cast<int>() + 1; }, 6), 37);
@@ -77,7 +71,7 @@ TEST(OwnGil, EveryApiWorks) {
 }
 
 TEST(OwnGil, SynchronousInvokeFromManyThreads) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     auto square = load_own("square");
     std::atomic<int> wrong{0};
     std::vector<std::thread> threads;
@@ -99,7 +93,7 @@ TEST(OwnGil, SynchronousInvokeFromManyThreads) {
 // The window is widest while a handler starts, before its threads hold their states:
 // every round here invokes from four threads the moment the handler exists.
 TEST(OwnGilStress, InvokesFromManyThreadsAsTheHandlerStarts) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     constexpr int kRounds = 60;
     constexpr int kThreads = 4;
     std::atomic<int> wrong{0};
@@ -123,7 +117,7 @@ TEST(OwnGilStress, InvokesFromManyThreadsAsTheHandlerStarts) {
 }
 
 TEST(OwnGil, ModuleStateIsPerHandler) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     auto a = load_own("bump", 4);
     auto b = load_own("bump", 4);
     auto main = python().loadPythonModule("pyscheduler_test_own_gil", "bump");
@@ -141,7 +135,7 @@ TEST(OwnGil, ModuleStateIsPerHandler) {
 }
 
 TEST(OwnGil, NumpyIsRefusedWithPythonsReason) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     const std::string msg = what_of<std::invalid_argument>(
         [] { python().loadPythonModule("pyscheduler_test_numpy_user", "total", own_gil()); });
     EXPECT_NE(msg.find("ImportError"), std::string::npos) << msg;
@@ -153,7 +147,7 @@ TEST(OwnGil, NumpyIsRefusedWithPythonsReason) {
 }
 
 TEST(OwnGil, ErrorsFailTheirItemsAndDestructionDrains) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     {
         auto fail = load_own("fail", 4);
         auto f = fail.queue_invoke([] { return 1; }, cast_to<int>());
@@ -178,7 +172,7 @@ TEST(OwnGil, ErrorsFailTheirItemsAndDestructionDrains) {
 }
 
 TEST(OwnGil, ManyHandlersCreatedAndDestroyed) {
-    PYSCHEDULER_REQUIRE_OWN_GIL();
+    PYSCHEDULER_REQUIRE_OWN_GIL(InterpreterKind::OwnGil);
     for (int round = 0; round < 20; ++round) {
         auto h = load_own("squares", 4);
         std::vector<std::future<long>> f;

@@ -12,10 +12,6 @@
 namespace pyscheduler::test {
 namespace {
 
-auto commit_value(int v) {
-    return [v] { return v; };
-}
-
 TEST(QueueInvoke, DeliversResultIToItemI) {
     auto h = load("double", 16, 2);
     std::vector<std::future<int>> futures;

@@ -11,10 +11,6 @@
 namespace pyscheduler::test {
 namespace {
 
-auto commit_value(int v) {
-    return [v] { return v; };
-}
-
 TEST(Shutdown, DrainCompletesEverythingThenRefuses) {
     auto h = load("double", 8, 2);
     std::vector<std::future<int>> futures;

@@ -22,15 +22,6 @@ inline void PrintTo(InterpreterKind kind, std::ostream* os) {
 namespace pyscheduler::test {
 namespace {
 
-#if PY_VERSION_HEX >= 0x030C0000
-#define PYSCHEDULER_REQUIRE_OWN_GIL(kind) (void)0
-#else
-#define PYSCHEDULER_REQUIRE_OWN_GIL(kind)                                        \
-    if ((kind) == InterpreterKind::OwnGil) {                                      \
-        GTEST_SKIP() << "own-GIL sub-interpreters need CPython 3.12+";           \
-    }
-#endif
-
 HandlerOptions pool(InterpreterKind kind, std::size_t workers, std::size_t batch_size = 1) {
     HandlerOptions o;
     o.batch_size = batch_size;

@@ -48,6 +48,22 @@ inline InvokeHandler load_own_gil_module(const std::string& function, const Hand
     return python().loadPythonModule("pyscheduler_test_own_gil", function, options);
 }
 
+/// Skips the test when `kind` is InterpreterKind::OwnGil and the interpreter predates
+/// own-GIL sub-interpreters (CPython 3.12).
+#if PY_VERSION_HEX >= 0x030C0000
+#define PYSCHEDULER_REQUIRE_OWN_GIL(kind) (void)(kind)
+#else
+#define PYSCHEDULER_REQUIRE_OWN_GIL(kind)                                \
+    if ((kind) == InterpreterKind::OwnGil) {                              \
+        GTEST_SKIP() << "own-GIL sub-interpreters need CPython 3.12+";   \
+    }
+#endif
+
+/// Commit function that stages the argument v.
+inline auto commit_value(int v) {
+    return [v] { return v; };
+}
+
 /// Callback that casts the result to T.
 template <class T>
 auto cast_to() {
