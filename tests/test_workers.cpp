@@ -4,9 +4,12 @@
 // worker has its own module state; every guarantee of a single executor holds.
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <ostream>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -49,6 +52,29 @@ TEST(Workers, OptionsAreChecked) {
     auto h = load("identity", o);
     EXPECT_EQ(h.options().workers, 3u);
     EXPECT_EQ(h.get_queue_stats().workers.size(), 3u);
+}
+
+/// The names of this process's threads (Linux: /proc/self/task/<tid>/comm).
+std::multiset<std::string> thread_names() {
+    std::multiset<std::string> names;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(task.path() / "comm");
+        std::string name;
+        if (std::getline(comm, name)) names.insert(name);
+    }
+    return names;
+}
+
+TEST(Workers, ThreadsAreNamedForTheirRoleUntilShutDown) {
+    auto h = load("identity", pool(InterpreterKind::Main, 2));
+    auto names = thread_names();
+    EXPECT_EQ(names.count("pys-commit"), 1u);
+    EXPECT_EQ(names.count("pys-exec-0"), 1u);
+    EXPECT_EQ(names.count("pys-exec-1"), 1u);
+    h.shutdown(ShutdownMode::Drain);
+    names = thread_names();
+    EXPECT_EQ(names.count("pys-commit"), 0u);
+    EXPECT_EQ(names.count("pys-exec-0"), 0u);
 }
 
 // One batch stays in Python (blocked on a pipe); the other worker runs everything

@@ -208,7 +208,11 @@ public:
         process_.live_handlers.fetch_add(1, std::memory_order_acq_rel);
         try {
             commit_thread_ = std::thread([this] { commit_loop(); });
-            for (auto& w : workers_) w->thread = std::thread([this, &worker = *w] { executor_loop(worker); });
+            name_thread(commit_thread_, "pys-commit");
+            for (std::size_t i = 0; i < workers_.size(); ++i) {
+                workers_[i]->thread = std::thread([this, &worker = *workers_[i]] { executor_loop(worker); });
+                name_thread(workers_[i]->thread, ("pys-exec-" + std::to_string(i)).c_str());
+            }
         } catch (...) {
             stopped_.store(true);
             stop_and_join();

@@ -88,7 +88,9 @@ private:
     };
 
     Spawner() {
-        std::thread([this] { run(); }).detach();
+        std::thread thread([this] { run(); });
+        name_thread(thread, "pys-spawner");
+        thread.detach();
     }
 
     void run() {
