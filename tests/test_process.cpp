@@ -145,6 +145,33 @@ TEST(ProcessWorkers, ASegfaultOrOsExitFailsItsBatchOnly) {
     EXPECT_EQ(b.get(), 16);
 }
 
+// A worker that dies with calls of the host's unread (sent behind the one that killed
+// it) makes Linux report ECONNRESET on the host's end, and report it before the
+// replies the worker sent before it died. Those replies are results all the same: the
+// host reads them, then the end of the connection. The four items are staged while the
+// handler is paused, so that they are sent together (four calls in flight); the first
+// one's callback holds the executor until the worker has answered `a` and died running
+// `exited`, with `b` unread. `a` used to fail with the death of its worker.
+TEST(ProcessWorkers, RepliesSentBeforeTheWorkersDeathAreResultsEvenWithCallsUnread) {
+    HandlerOptions o = process_workers(1, 1);
+    o.prefetch_depth = 4;  // room in the ring for all four
+    auto h = load_process(o);
+    h.pause();
+    auto x = h.queue_invoke(op("square"), [](py::object o) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        return o.cast<long>();
+    }, 2L);
+    auto a = queue_op(h, "square", 3);
+    auto exited = queue_op(h, "exit", 7);
+    auto b = queue_op(h, "square", 4);
+    ASSERT_TRUE(eventually([&] { return h.get_queue_stats().commit_queue_size == 0; }));
+    h.resume();
+    EXPECT_EQ(x.get(), 4);
+    EXPECT_EQ(a.get(), 9);
+    EXPECT_TRUE(contains(what_of<WorkerLost>([&] { exited.get(); }), "exited with status 7 while running a call"));
+    EXPECT_EQ(b.get(), 16);
+}
+
 TEST(ProcessWorkers, CallTimeoutKillsTheCallAndRestartsTheWorker) {
     HandlerOptions o = process_workers(1, 1);
     o.call_timeout = std::chrono::milliseconds(300);

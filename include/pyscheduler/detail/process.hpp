@@ -328,6 +328,16 @@ class Channel:
             for fd in fds:
                 os.close(fd)
 
+    def _recvmsg(self, flags=0):
+        # A peer that closed its end with messages of this end unread (calls sent
+        # ahead, behind the one its process died in) makes Linux report ECONNRESET,
+        # once, before the messages the peer sent before it closed: those still come,
+        # then the end of the connection.
+        try:
+            return self.sock.recvmsg(MESSAGE_MAX, FD_SPACE, flags)
+        except ConnectionResetError:
+            return self.sock.recvmsg(MESSAGE_MAX, FD_SPACE, flags)
+
     def receive(self, poll_for=0.0):
         """(kind, object); EOFError when the peer has closed its end. Polls for up to
         poll_for seconds before it blocks."""
@@ -335,7 +345,7 @@ class Channel:
             until = time.perf_counter() + poll_for
             while True:
                 try:
-                    message, ancillary, _, _ = self.sock.recvmsg(MESSAGE_MAX, FD_SPACE, socket.MSG_DONTWAIT)
+                    message, ancillary, _, _ = self._recvmsg(socket.MSG_DONTWAIT)
                     break
                 except BlockingIOError:
                     yielded = time.perf_counter()
@@ -344,10 +354,10 @@ class Channel:
                     # Past the deadline, or the yield ran another thread (the cores are
                     # busy: whoever sends will find one to wake this process on): park.
                     if now > until or now - yielded > BUSY_YIELD:
-                        message, ancillary, _, _ = self.sock.recvmsg(MESSAGE_MAX, FD_SPACE)
+                        message, ancillary, _, _ = self._recvmsg()
                         break
         else:
-            message, ancillary, _, _ = self.sock.recvmsg(MESSAGE_MAX, FD_SPACE)
+            message, ancillary, _, _ = self._recvmsg()
         if not message:
             raise EOFError
         kind, flags, count, self.peer_received, length = HEADER.unpack_from(message)
