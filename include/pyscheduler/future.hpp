@@ -152,31 +152,23 @@ public:
     /// Waits until the state is ready, or until `*deadline` when one is given. Returns
     /// is_ready(). An untimed wait on a thread whose last untimed wait for a result not
     /// yet there ended less than kRecent ago (it is going through results, or sending
-    /// requests back to back) first yields the core for up to kYielding, looking after
-    /// each yield: a result that comes meanwhile costs its setter no wake-up, which on
-    /// a VM costs microseconds of the setter's time (a system call, and an interrupt
-    /// to wake the waiter's idle core). A consumer going through a batch-256 row's
-    /// futures used to park on about every batch (ten yields, then the futex): 15
-    /// alternated runs of that row, 1.76-3.28x pybind11 raw with 10 yields, 1.60-2.22x
-    /// yielding up to 100 us. Any other wait parks at once: spinning first made a
-    /// batch-1 round trip 2.5x slower on a 2-core machine (the waiter takes the core
-    /// the pipeline's threads need), and yields before every park made requests 2 ms
-    /// apart 3x slower.
+    /// requests back to back) first yields the core up to kYields times, looking after
+    /// each: a result that comes meanwhile costs its setter no wake-up, which on a VM
+    /// costs microseconds. Any other wait parks at once: spinning first made a batch-1
+    /// round trip 2.5x slower on a 2-core machine (the waiter takes the core the
+    /// pipeline's threads need), and yields before every park made requests 2 ms apart
+    /// 3x slower.
+    static constexpr int kYields = 10;
     static constexpr std::chrono::microseconds kRecent{50};
-    static constexpr std::chrono::microseconds kYielding{100};
     bool wait(const Deadline* deadline) const noexcept {
         std::uint64_t w = word_.load(std::memory_order_acquire);
         if ((w & kSet) != 0) return true;
         if (deadline != nullptr) return wait_parked(w, deadline);
         Deadline& last_end = last_wait_end();
-        const auto begin = std::chrono::steady_clock::now();
-        if (begin - last_end < kRecent) {
-            // The clock is read every 8 yields: a yield with nothing else to run takes
-            // well under a microsecond.
-            for (unsigned i = 1; (w & kSet) == 0; ++i) {
+        if (std::chrono::steady_clock::now() - last_end < kRecent) {
+            for (int i = 0; i < kYields && (w & kSet) == 0; ++i) {
                 std::this_thread::yield();
                 w = word_.load(std::memory_order_acquire);
-                if (i % 8 == 0 && std::chrono::steady_clock::now() - begin > kYielding) break;
             }
         }
         const bool ready = wait_parked(w, nullptr);
