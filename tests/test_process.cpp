@@ -157,9 +157,9 @@ TEST(ProcessWorkers, RepliesSentBeforeTheWorkersDeathAreResultsEvenWithCallsUnre
     o.prefetch_depth = 4;  // room in the ring for all four
     auto h = load_process(o);
     h.pause();
-    auto x = h.queue_invoke(op("square"), [](py::object o) {
+    auto x = h.queue_invoke(op("square"), [](py::object result) {
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        return o.cast<long>();
+        return result.cast<long>();
     }, 2L);
     auto a = queue_op(h, "square", 3);
     auto exited = queue_op(h, "exit", 7);
