@@ -212,6 +212,22 @@ void throughput_cases(benchmark::internal::Benchmark* b) {
 BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, DefaultPolicy)->Apply(throughput_cases);
 BENCHMARK_TEMPLATE(BM_QueueInvokeThroughput, LightweightFuturePolicy)->Apply(throughput_cases);
 
+/// The noise floor of every x_raw_pybind11 above: the batch-256 raw limit alone, one
+/// round of 120 000 items an iteration with nothing else running, and how far its
+/// rounds spread (max_over_min). A ratio to this limit cannot be steadier than the
+/// limit itself is from one moment to the next.
+void BM_RawLimitSpread(benchmark::State& state) {
+    python();  // the interpreter, and tests/bench on sys.path
+    std::vector<double> rounds;
+    for (auto _ : state) rounds.push_back(raw_pybind11_batch_ns_per_item("identity_batch", 256, 120000));
+    const auto [lo, hi] = std::minmax_element(rounds.begin(), rounds.end());
+    state.counters["raw_min_ns"] = *lo;
+    state.counters["raw_median_ns"] = percentile(rounds, 0.5);
+    state.counters["raw_max_ns"] = *hi;
+    state.counters["max_over_min"] = *hi / *lo;
+}
+BENCHMARK(BM_RawLimitSpread)->Iterations(40)->Unit(benchmark::kMillisecond);
+
 // --- round trips -------------------------------------------------------------------
 
 /// Raw limit of a round trip: a batch-1 item hops caller -> commit thread -> executor
