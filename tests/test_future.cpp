@@ -291,6 +291,26 @@ TEST(Future, OverAlignedValue) {
     EXPECT_EQ(w.v, 11);
 }
 
+// --- how long a waiting thread polls before it parks ------------------------------------
+
+// The rule shared by the pipeline's stages and by threads waiting for results: no
+// extra polling until waits were seen; then up to twice their moving average, at most
+// the limit; none once the average is above the limit.
+TEST(IdleBudget, PollsForTwiceItsShortWaitsAndNotAfterLongOnes) {
+    using std::chrono::microseconds;
+    detail::BasicIdleBudget<100> budget;
+    EXPECT_EQ(budget.poll_for(), Steady::duration::zero()) << "nothing learned yet: park after the fixed polls";
+    for (int i = 0; i < 40; ++i) budget.observe(microseconds(20));
+    const auto us = [](Steady::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
+    EXPECT_NEAR(us(budget.poll_for()), 40.0, 0.5);
+    for (int i = 0; i < 40; ++i) budget.observe(microseconds(80));
+    EXPECT_EQ(budget.poll_for(), microseconds(100)) << "twice 80 us, capped at the limit";
+    for (int i = 0; i < 40; ++i) budget.observe(milliseconds(1));
+    EXPECT_EQ(budget.poll_for(), Steady::duration::zero()) << "waits longer than the limit: park at once";
+    budget.observe(microseconds(10));
+    EXPECT_EQ(budget.poll_for(), Steady::duration::zero()) << "one short wait does not undo a run of long ones";
+}
+
 // --- stress: the park / wake protocol --------------------------------------------------
 
 /// `n` futures of int with their producers, and a setter thread that sets future i

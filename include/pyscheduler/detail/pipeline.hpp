@@ -57,6 +57,7 @@
 #include "pyscheduler/detail/config.hpp"
 #include "pyscheduler/detail/dependency.hpp"
 #include "pyscheduler/detail/gil.hpp"
+#include "pyscheduler/detail/idle_budget.hpp"
 #include "pyscheduler/detail/interpreter.hpp"
 #include "pyscheduler/detail/process.hpp"
 #include "pyscheduler/detail/subinterpreter.hpp"
@@ -89,27 +90,9 @@ constexpr int idle_adaptive_us_of() {
     }
 }
 
-/// What one waiting thread has learned about its waits for work (see
-/// DefaultPolicy::idle_adaptive_us): a moving average of how long they lasted. While
-/// that is short, the thread keeps polling for up to twice as long before it parks, so
-/// a request that follows the last one by a few microseconds finds it awake; a thread
-/// whose waits are long (an idle handler, requests milliseconds apart) parks after the
-/// policy's fixed polls. Owned by the waiting thread; not shared.
+/// A stage's IdleBudget: learns its waits for work (see DefaultPolicy::idle_adaptive_us).
 template <class Policy>
-class IdleBudget {
-public:
-    using clock = std::chrono::steady_clock;
-
-    /// Extra polling time before parking: 0 unless recent waits were short.
-    clock::duration poll_for() const noexcept {
-        return average_ <= kLimit ? std::min(2 * average_, clock::duration(kLimit)) : clock::duration::zero();
-    }
-    void observe(clock::duration waited) noexcept { average_ += (waited - average_) / 4; }
-
-private:
-    static constexpr std::chrono::microseconds kLimit{idle_adaptive_us_of<Policy>()};
-    clock::duration average_ = 2 * kLimit + std::chrono::microseconds(1);  // as if idle: no extra polling yet
-};
+using IdleBudget = BasicIdleBudget<idle_adaptive_us_of<Policy>()>;
 
 /// How every stage waits (see DefaultPolicy::idle_spins, idle_yields and
 /// idle_adaptive_us): `attempt` (non-blocking; returns what it took, 0 for nothing) is
