@@ -173,17 +173,25 @@ double run_items(pyscheduler::BasicInvokeHandler<Policy>& h, int producers, std:
 
 /// Policy: DefaultPolicy (std::future) or LightweightFuturePolicy (pyscheduler::Future).
 /// x_raw: against the C API limit; x_raw_pybind11: against the pybind11 limit.
+/// exec_cpu_ns / commit_cpu_ns: CPU the executor / commit thread used per item while
+/// the items ran (the executor is this row's critical path; exec_x_raw_pybind11 is its
+/// CPU against the pybind11 limit, which the three threads sharing two cores add to).
 template <class Policy>
 void BM_QueueInvokeThroughput(benchmark::State& state) {
+    using pyscheduler::bench::threads_cpu_ns;
     const auto batch = static_cast<std::size_t>(state.range(0));
     const auto producers = static_cast<int>(state.range(1));
     const std::size_t items = 120000;
     auto h = load<Policy>("identity_batch", options(batch, 64));
-    double seconds = 0, raw_sum = 0, raw_pybind11_sum = 0;
+    double seconds = 0, raw_sum = 0, raw_pybind11_sum = 0, exec_ns = 0, commit_ns = 0;
     for (auto _ : state) {
         raw_sum += raw_batch_ns_per_item("identity_batch", batch, items);
         raw_pybind11_sum += raw_pybind11_batch_ns_per_item("identity_batch", batch, items);
+        const double exec_before = threads_cpu_ns("pys-exec");
+        const double commit_before = threads_cpu_ns("pys-commit");
         const double s = run_items(h, producers, items);
+        exec_ns += threads_cpu_ns("pys-exec") - exec_before;
+        commit_ns += threads_cpu_ns("pys-commit") - commit_before;
         state.SetIterationTime(s);
         seconds += s;
     }
@@ -197,6 +205,10 @@ void BM_QueueInvokeThroughput(benchmark::State& state) {
     state.counters["x_raw"] = ns_per_item / raw;
     state.counters["raw_pybind11_ns"] = raw_pybind11;
     state.counters["x_raw_pybind11"] = ns_per_item / raw_pybind11;
+    const double all_items = static_cast<double>(items) * iterations;
+    state.counters["exec_cpu_ns"] = exec_ns / all_items;
+    state.counters["commit_cpu_ns"] = commit_ns / all_items;
+    state.counters["exec_x_raw_pybind11"] = exec_ns / all_items / raw_pybind11;
     state.counters["batch_ema"] = h.get_queue_stats().execute_batch_size_ema;
 }
 /// Batch sizes 1 to 256 from one producer, and batch 256 from 2 and 4.
