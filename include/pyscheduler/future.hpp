@@ -182,16 +182,14 @@ public:
         const auto begin = clock::now();
         bool longer = false;  // outlasted the fixed yields: the budget learns from it
         if (begin - waits.last_end < kRecent) {
-            for (int i = 0; i < kYields && (w & kSet) == 0; ++i) {
-                std::this_thread::yield();
+            auto look = [&] {
                 w = word_.load(std::memory_order_acquire);
-            }
-            longer = (w & kSet) == 0;
-            const auto until = begin + waits.budget.poll_for();
-            while ((w & kSet) == 0 && clock::now() < until) {
-                std::this_thread::yield();
-                w = word_.load(std::memory_order_acquire);
-            }
+                return (w & kSet) != 0;
+            };
+            bool set = false;
+            yield_and_poll(look, set, kYields);
+            longer = !set;
+            yield_and_poll_until(look, set, begin + waits.budget.poll_for());
         }
         const bool ready = wait_parked(w, nullptr);
         waits.last_end = clock::now();

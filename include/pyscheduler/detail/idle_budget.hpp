@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 namespace pyscheduler::detail {
 
@@ -29,5 +30,24 @@ private:
     static constexpr std::chrono::microseconds kLimit{LimitUs};
     clock::duration average_ = 2 * kLimit + std::chrono::microseconds(1);  // as if idle: no extra polling yet
 };
+
+/// The polling half of every wait: while `got` is falsy, yields the core and then polls
+/// `attempt` (non-blocking; returns what it took, falsy for nothing), `yields` times.
+template <class Attempt, class Got>
+void yield_and_poll(Attempt& attempt, Got& got, int yields) {
+    for (int i = 0; !got && i < yields; ++i) {
+        std::this_thread::yield();
+        got = attempt();
+    }
+}
+
+/// The same for as long as the steady clock reads before `until` (a budget's polling).
+template <class Attempt, class Got>
+void yield_and_poll_until(Attempt& attempt, Got& got, std::chrono::steady_clock::time_point until) {
+    while (!got && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+        got = attempt();
+    }
+}
 
 }  // namespace pyscheduler::detail

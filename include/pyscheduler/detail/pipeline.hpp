@@ -111,17 +111,8 @@ auto idle_wait(Attempt attempt, Park park, IdleBudget<Policy>* budget = nullptr)
     }
     const auto start = budget ? clock::now() : clock::time_point();
     for (int i = 0; !got && i < Policy::idle_spins; ++i) got = attempt();
-    for (int i = 0; !got && i < idle_yields_of<Policy>(); ++i) {
-        std::this_thread::yield();
-        got = attempt();
-    }
-    if (budget) {
-        const auto until = start + budget->poll_for();
-        while (!got && clock::now() < until) {
-            std::this_thread::yield();
-            got = attempt();
-        }
-    }
+    yield_and_poll(attempt, got, idle_yields_of<Policy>());
+    if (budget) yield_and_poll_until(attempt, got, start + budget->poll_for());
     if (!got) got = park();
     if (budget) budget->observe(clock::now() - start);
     return got;
