@@ -2,6 +2,7 @@
 // (ItemOptions::deadline, HandlerOptions::queue_timeout) that fail items with
 // Timeout before they reach Python.
 #include <atomic>
+#include <future>
 #include <thread>
 #include <vector>
 
@@ -50,6 +51,52 @@ TEST(Pause, NothingStartsUntilResumeThenEverythingRunsOnce) {
     }
     for (const auto& r : runs) EXPECT_EQ(r.load(), 1);
     EXPECT_EQ(h.get_queue_stats().completed, 2u * kPerProducer);
+}
+
+// Once every 256 items queued, a producer gives up its core when the commit thread
+// has staged nothing since the last look and the ring is less than half full
+// (QueueStats::producer_yields). Here the commit thread is held inside the first
+// item's commit function, so each of the 16 looks at 4096 items yields, and none
+// before the first 256 items. Paused instead, the commit thread fills the ring and
+// then waits for the executor, which a yield does not help: no look yields.
+TEST(ProducerYields, OnlyWhileTheCommitThreadStagesNothingAndTheRingRunsLow) {
+    HandlerOptions o;
+    o.batch_size = 4;
+    o.prefetch_depth = 2;
+    auto cast = [](py::object r) { return r.cast<int>(); };
+    {
+        auto h = load("identity", o);
+        std::promise<void> release;
+        std::shared_future<void> released = release.get_future().share();
+        std::vector<std::future<int>> futures;
+        futures.push_back(h.queue_invoke([released] { released.wait(); return 0; }, cast));
+        auto queue = [&](int n) {
+            for (int i = 0; i < n; ++i) {
+                const int v = static_cast<int>(futures.size());
+                futures.push_back(h.queue_invoke([v] { return v; }, cast));
+            }
+        };
+        queue(254);
+        EXPECT_EQ(h.get_queue_stats().producer_yields, 0u);
+        queue(4096 - 255);
+        EXPECT_EQ(h.get_queue_stats().producer_yields, 16u);
+        release.set_value();
+        for (std::size_t i = 0; i < futures.size(); ++i) {
+            ASSERT_TRUE(completes(futures[i]));
+            EXPECT_EQ(futures[i].get(), static_cast<int>(i));
+        }
+    }
+    auto h = load("identity", o);
+    h.pause();
+    std::vector<std::future<int>> futures;
+    for (int i = 0; i < 4096; ++i) futures.push_back(h.queue_invoke([i] { return i; }, cast));
+    // The ring (8 slots) fills behind the batch an executor holds; the last looks find it full.
+    ASSERT_TRUE(eventually([&] { return h.get_queue_stats().execute_queue_size == 8; }));
+    const std::uint64_t before = h.get_queue_stats().producer_yields;
+    for (int i = 0; i < 1024; ++i) futures.push_back(h.queue_invoke([i] { return i; }, cast));
+    EXPECT_EQ(h.get_queue_stats().producer_yields, before);
+    h.resume();
+    for (auto& f : futures) ASSERT_TRUE(completes(f));
 }
 
 // A batch already in Python when pause() is called finishes; the next one waits.

@@ -112,6 +112,8 @@ struct QueueStats {
     std::uint64_t completed = 0;         ///< futures fulfilled with a value
     std::uint64_t failed = 0;            ///< futures fulfilled with an exception
     std::uint64_t timed_out = 0;         ///< of those, items whose deadline passed before they ran
+    std::uint64_t producer_yields = 0;   ///< times a producer gave up its core to the commit thread
+                                         ///< (it staged nothing for 256 items while the ring ran low)
     double commit_batch_size_ema = 0;    ///< items per commit bulk
     double execute_batch_size_ema = 0;   ///< items per Python call
     double commit_ns_per_batch_ema = 0;  ///< wall time of one commit bulk

@@ -315,14 +315,40 @@ public:
         // thread about to park that this item is on its way (park_for_work()). A
         // refused producer takes its count back. One locked instruction an item for
         // all of this.
-        enqueued_.fetch_add(1, std::memory_order_seq_cst);
+        const std::uint64_t number = enqueued_.fetch_add(1, std::memory_order_seq_cst) + 1;
         if (stopped_.load(std::memory_order_seq_cst)) {
             uncount();
             return false;
         }
         stamp_queued(task);
         if (!enqueue_counted(task)) throw std::bad_alloc();
+        if (number % kStallCheckEvery == 0) offer_core_if_staging_stalled(number);
         return true;
+    }
+
+    /// Producers look at the commit thread's progress once every this many items.
+    static constexpr std::uint64_t kStallCheckEvery = 256;
+
+    /// A producer that queues faster than the commit thread stages can keep the commit
+    /// thread from running at all: on two cores with the executor on the other one, a
+    /// commit thread waiting on the producer's core (woken there, or after a yield of
+    /// its own) waited up to a scheduler tick (4 ms) behind it, while the executor ran
+    /// its ring dry and idled. So once every kStallCheckEvery items queued (by any
+    /// producer), the producer that queued the last one yields its core when the ring
+    /// is less than half full, more than a batch waits to be staged, and the commit
+    /// thread staged nothing since the last check (QueueStats::producer_yields counts
+    /// these). A full ring means the commit thread waits for the executors, which a
+    /// yield does not help. A yield with nothing else runnable on the core returns at
+    /// once. See README, Performance.
+    void offer_core_if_staging_stalled(std::uint64_t enqueued) noexcept {
+        const std::uint64_t staged = staged_.load(std::memory_order_relaxed);
+        const std::uint64_t before = staged_at_check_.exchange(staged, std::memory_order_relaxed);
+        if (staged != before || enqueued - staged <= options_.batch_size) return;
+        const std::uint64_t taken = taken_.load(std::memory_order_relaxed);
+        if (staged < taken + staged_capacity_ / 2) {  // relaxed counters: taken may read ahead of staged
+            producer_yields_.fetch_add(1, std::memory_order_relaxed);
+            std::this_thread::yield();
+        }
     }
 
     /// While paused no batch starts: executors hold what they took until resume(); the
@@ -432,6 +458,7 @@ public:
         s.completed = completed_.load(std::memory_order_relaxed);
         s.failed = failed_.load(std::memory_order_relaxed);
         s.timed_out = timed_out_.load(std::memory_order_relaxed);
+        s.producer_yields = producer_yields_.load(std::memory_order_relaxed);
         s.commit_batch_size_ema = commit_batch_ema_.load(std::memory_order_relaxed);
         s.execute_batch_size_ema = execute_batch_ema_.load(std::memory_order_relaxed);
         s.commit_ns_per_batch_ema = commit_ns_ema_.load(std::memory_order_relaxed);
@@ -1242,6 +1269,8 @@ private:
     std::atomic<bool> prioritized_{false};    // an item had a nonzero priority: the commit thread reorders
 
     alignas(64) std::atomic<std::uint64_t> enqueued_{0};  // producers
+    std::atomic<std::uint64_t> staged_at_check_{0};       // producers: offer_core_if_staging_stalled()
+    std::atomic<std::uint64_t> producer_yields_{0};
     alignas(64) std::atomic<bool> commit_parked_{false};  // the commit thread (read by every producer)
     alignas(64) std::atomic<std::uint64_t> dequeued_{0};  // commit thread
     std::atomic<std::uint64_t> staged_{0};
