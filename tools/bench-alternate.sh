@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs one benchmark of two builds in turn, round after round, so that both see the
 # same drift of a noisy machine; prints a line a run: the round, the build, the
-# median of each counter asked for over the run's repetitions, and the process's
-# user and system CPU seconds.
+# median of each counter asked for over the run's repetitions (with REPETITIONS 1,
+# each row's own value), and the process's user and system CPU seconds.
 # Usage: tools/bench-alternate.sh BUILD_A BUILD_B FILTER [ROUNDS [REPETITIONS [COUNTERS]]]
 #   BUILD_*: build directories (each with tests/bench/pyscheduler_bench)
 #   FILTER: --benchmark_filter, e.g. 'QueueInvokeThroughput<LightweightFuturePolicy>/batch:256/producers:1/'
@@ -32,7 +32,7 @@ for ((r = 1; r <= rounds; ++r)); do
                 value=$(grep -oE "(^| )$c=[0-9.]+[a-zA-Z%]*" <<<"$median" | head -1 | tr -d ' ')
                 [[ -n "$value" ]] && line+=" $value"
             done
-        done < <(grep -E "_median " <<<"$out" || true)
+        done < <(if ((repetitions > 1)); then grep -E "_median " <<<"$out"; else grep -E "^BM_" <<<"$out"; fi || true)
         line+=" $(grep -E '^cpu_s' <<<"$out" || echo 'cpu_s ?')"
         echo "$line"
     done
