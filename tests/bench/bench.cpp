@@ -176,6 +176,10 @@ double run_items(pyscheduler::BasicInvokeHandler<Policy>& h, int producers, std:
 /// exec_cpu_ns / commit_cpu_ns: CPU the executor / commit thread used per item while
 /// the items ran (the executor is this row's critical path; exec_x_raw_pybind11 is its
 /// CPU against the pybind11 limit, which the three threads sharing two cores add to).
+/// steal_pct: the share of the machine's CPU time the hypervisor stole during the
+/// timed rounds (raw rounds included; /proc/stat, so in 10 ms ticks): a pipeline of
+/// three threads needs both vCPUs, the single-threaded limit one, and runs with much
+/// steal read high (README, Performance).
 /// The timed rounds follow one untimed warm-up round, reported on its own
 /// (warmup_x_raw_pybind11, against a raw round just before it): a process's first
 /// 120 000 items touch some 12 MB of fresh memory (about 3 100 page faults here, in
@@ -191,6 +195,7 @@ void BM_QueueInvokeThroughput(benchmark::State& state) {
     const double warmup_ns = run_items(h, producers, items) * 1e9 / static_cast<double>(items);
     state.counters["warmup_x_raw_pybind11"] = warmup_ns / warmup_raw;
     double seconds = 0, raw_sum = 0, raw_pybind11_sum = 0, exec_ns = 0, commit_ns = 0;
+    const pyscheduler::bench::HostCpuTicks ticks_before = pyscheduler::bench::host_cpu_ticks();
     for (auto _ : state) {
         raw_sum += raw_batch_ns_per_item("identity_batch", batch, items);
         raw_pybind11_sum += raw_pybind11_batch_ns_per_item("identity_batch", batch, items);
@@ -202,6 +207,7 @@ void BM_QueueInvokeThroughput(benchmark::State& state) {
         state.SetIterationTime(s);
         seconds += s;
     }
+    state.counters["steal_pct"] = pyscheduler::bench::steal_percent(ticks_before, pyscheduler::bench::host_cpu_ticks());
     const auto iterations = static_cast<double>(state.iterations());
     const double raw = raw_sum / iterations;
     const double raw_pybind11 = raw_pybind11_sum / iterations;

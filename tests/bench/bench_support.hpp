@@ -29,6 +29,32 @@ inline double threads_cpu_ns(std::string_view prefix) {
     return total;
 }
 
+/// The machine's CPU time so far, from the first line of /proc/stat (clock ticks,
+/// all CPUs): all of it, and what the hypervisor stole (time a vCPU wanted to run and
+/// the host ran something else). Zeros where there is no /proc.
+struct HostCpuTicks {
+    double total = 0;
+    double steal = 0;
+};
+inline HostCpuTicks host_cpu_ticks() {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    HostCpuTicks t;
+    double v[8] = {};  // user nice system idle iowait irq softirq steal
+    if (!(stat >> cpu) || cpu != "cpu") return t;
+    for (double& x : v) {
+        if (!(stat >> x)) return {};
+        t.total += x;
+    }
+    t.steal = v[7];
+    return t;
+}
+/// Percent of the CPU time between two readings that the host stole.
+inline double steal_percent(const HostCpuTicks& before, const HostCpuTicks& after) {
+    const double total = after.total - before.total;
+    return total > 0 ? 100 * (after.steal - before.steal) / total : 0;
+}
+
 /// The manager every benchmark uses (one per policy, all on the one interpreter); its
 /// sys.path holds tests/bench.
 template <class Policy = DefaultPolicy>
