@@ -182,8 +182,9 @@ double run_items(pyscheduler::BasicInvokeHandler<Policy>& h, int producers, std:
 /// steal read high (README, Performance).
 /// The timed rounds follow one untimed warm-up round, reported on its own
 /// (warmup_x_raw_pybind11, against a raw round just before it): a process's first
-/// 120 000 items touch some 12 MB of fresh memory (about 3 100 page faults here, in
-/// the producer), a start-up cost the steady-state rows leave out.
+/// 120 000 items touch some 12 MB of fresh memory (about 3 100 page faults here,
+/// mostly the slabs the producer carves items from), a start-up cost the
+/// steady-state rows leave out.
 template <class Policy>
 void BM_QueueInvokeThroughput(benchmark::State& state) {
     using pyscheduler::bench::threads_cpu_ns;

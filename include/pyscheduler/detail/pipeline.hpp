@@ -331,9 +331,9 @@ public:
 
     /// A producer that queues faster than the commit thread stages can keep the commit
     /// thread from running at all: on two cores with the executor on the other one, a
-    /// commit thread waiting on the producer's core (woken there, or after a yield of
-    /// its own) waited up to a scheduler tick (4 ms) behind it, while the executor ran
-    /// its ring dry and idled. So once every kStallCheckEvery items queued (by any
+    /// commit thread that left the producer's core still runnable (a yield of its own,
+    /// or preempted) waited up to a scheduler tick (4 ms) behind it, while the executor
+    /// ran its ring dry and idled. So once every kStallCheckEvery items queued (by any
     /// producer), the producer that queued the last one yields its core when the ring
     /// is less than half full, more than a batch waits to be staged, and the commit
     /// thread staged nothing since the last check (QueueStats::producer_yields counts
