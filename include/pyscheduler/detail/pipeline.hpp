@@ -326,31 +326,6 @@ public:
         return true;
     }
 
-    /// Producers look at the commit thread's progress once every this many items.
-    static constexpr std::uint64_t kStallCheckEvery = 256;
-
-    /// A producer that queues faster than the commit thread stages can keep the commit
-    /// thread from running at all: on two cores with the executor on the other one, a
-    /// commit thread that left the producer's core still runnable (a yield of its own,
-    /// or preempted) waited up to a scheduler tick (4 ms) behind it, while the executor
-    /// ran its ring dry and idled. So once every kStallCheckEvery items queued (by any
-    /// producer), the producer that queued the last one yields its core when the ring
-    /// is less than half full, more than a batch waits to be staged, and the commit
-    /// thread staged nothing since the last check (QueueStats::producer_yields counts
-    /// these). A full ring means the commit thread waits for the executors, which a
-    /// yield does not help. A yield with nothing else runnable on the core returns at
-    /// once. See README, Performance.
-    void offer_core_if_staging_stalled(std::uint64_t enqueued) noexcept {
-        const std::uint64_t staged = staged_.load(std::memory_order_relaxed);
-        const std::uint64_t before = staged_at_check_.exchange(staged, std::memory_order_relaxed);
-        if (staged != before || enqueued - staged <= options_.batch_size) return;
-        const std::uint64_t taken = taken_.load(std::memory_order_relaxed);
-        if (staged < taken + staged_capacity_ / 2) {  // relaxed counters: taken may read ahead of staged
-            producer_yields_.fetch_add(1, std::memory_order_relaxed);
-            std::this_thread::yield();
-        }
-    }
-
     /// While paused no batch starts: executors hold what they took until resume(); the
     /// commit thread keeps staging until the ring is full, and producers keep queueing.
     /// After shutdown() has begun it does nothing: a draining handler must not park.
@@ -528,6 +503,31 @@ private:
     /// park. A plain load of a line the commit thread writes only when it parks.
     void wake_commit_thread() noexcept {
         if (commit_parked_.load(std::memory_order_seq_cst)) work_.signal();
+    }
+
+    /// Producers look at the commit thread's progress once every this many items.
+    static constexpr std::uint64_t kStallCheckEvery = 256;
+
+    /// A producer that queues faster than the commit thread stages can keep the commit
+    /// thread from running at all: on two cores with the executor on the other one, a
+    /// commit thread that left the producer's core still runnable (a yield of its own,
+    /// or preempted) waited up to a scheduler tick (4 ms) behind it, while the executor
+    /// ran its ring dry and idled. So once every kStallCheckEvery items queued (by any
+    /// producer), the producer that queued the last one yields its core when the ring
+    /// is less than half full, more than a batch waits to be staged, and the commit
+    /// thread staged nothing since the last check (QueueStats::producer_yields counts
+    /// these). A full ring means the commit thread waits for the executors, which a
+    /// yield does not help. A yield with nothing else runnable on the core returns at
+    /// once. See README, Performance.
+    void offer_core_if_staging_stalled(std::uint64_t enqueued) noexcept {
+        const std::uint64_t staged = staged_.load(std::memory_order_relaxed);
+        const std::uint64_t before = staged_at_check_.exchange(staged, std::memory_order_relaxed);
+        if (staged != before || enqueued - staged <= options_.batch_size) return;
+        const std::uint64_t taken = taken_.load(std::memory_order_relaxed);
+        if (staged < taken + staged_capacity_ / 2) {  // relaxed counters: taken may read ahead of staged
+            producer_yields_.fetch_add(1, std::memory_order_relaxed);
+            std::this_thread::yield();
+        }
     }
 
     void stop_and_join() {
