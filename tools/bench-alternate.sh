@@ -29,8 +29,9 @@ for ((r = 1; r <= rounds; ++r)); do
         line="$r $b"
         while read -r median; do
             for c in "${counters[@]}"; do
-                value=$(grep -oE "(^| )$c=[0-9.]+[a-zA-Z%]*" <<<"$median" | head -1 | tr -d ' ')
-                [[ -n "$value" ]] && line+=" $value"
+                # A counter one of the builds lacks is left out of its lines.
+                value=$({ grep -oE "(^| )$c=[0-9.]+[a-zA-Z%]*" <<<"$median" || true; } | head -1 | tr -d ' ')
+                if [[ -n "$value" ]]; then line+=" $value"; fi
             done
         done < <(if ((repetitions > 1)); then grep -E "_median " <<<"$out"; else grep -E "^BM_" <<<"$out"; fi || true)
         line+=" $(grep -E '^cpu_s' <<<"$out" || echo 'cpu_s ?')"
