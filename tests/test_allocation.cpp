@@ -5,7 +5,11 @@
 // this test binary.
 #include <atomic>
 #include <cstdlib>
+#include <future>
+#include <memory>
 #include <new>
+#include <string>
+#include <type_traits>
 
 #include "test_support.hpp"
 
@@ -97,6 +101,43 @@ std::size_t block_bytes(Handler& h, const ItemOptions& item) {
     EXPECT_GE(allocations, 1u);
     f.get();
     return first_size;
+}
+
+/// A stateless allocator that adds up what a std::promise asks of it, aligned as the
+/// item's arena aligns it.
+thread_local std::size_t promise_bytes = 0;
+template <class T>
+struct SizingAllocator {
+    using value_type = T;
+    SizingAllocator() = default;
+    template <class U>
+    SizingAllocator(const SizingAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        promise_bytes = detail::align_up(promise_bytes, alignof(T)) + n * sizeof(T);
+        return std::allocator<T>().allocate(n);
+    }
+    void deallocate(T* p, std::size_t n) noexcept { std::allocator<T>().deallocate(p, n); }
+    template <class U>
+    bool operator==(const SizingAllocator<U>&) const noexcept {
+        return true;
+    }
+};
+
+template <class R>
+std::size_t stateless_promise_bytes() {
+    promise_bytes = 0;
+    { std::promise<R> p(std::allocator_arg, SizingAllocator<char>()); }
+    return promise_bytes;
+}
+
+// The std::future item's arena is exactly what the promise's two allocations take
+// with an allocator that holds nothing: the arena's allocator keeps no block pointer
+// in them (16 bytes an item; it finds the block from the pointer instead).
+TEST(Allocation, StdFutureArenaHoldsNoAllocatorState) {
+    static_assert(std::is_empty_v<detail::ArenaAllocator<char, int>>);
+    EXPECT_EQ(detail::promise_arena_bytes<int>(), stateless_promise_bytes<int>());
+    EXPECT_EQ(detail::promise_arena_bytes<void>(), stateless_promise_bytes<void>());
+    EXPECT_EQ(detail::promise_arena_bytes<std::string>(), stateless_promise_bytes<std::string>());
 }
 
 // A deadline, a group or a handler that stamps its items (queue_timeout,

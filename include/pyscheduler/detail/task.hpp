@@ -10,9 +10,10 @@
 //   pyscheduler::Future<R>: [ FutureState<R>                                     | Task ]
 //
 // std::promise normally allocates twice (shared state and result storage); here it
-// is built with an allocator that carves both out of the arena. The arena's size is
-// measured once per result type R (by building one promise with the same allocator
-// type in "measure" mode), so it fits exactly with any standard library. The block
+// is built with an allocator that carves both out of the arena. The arena's size, and
+// where in it each allocation goes, are measured once per result type R (by building
+// one promise with the same allocator type in "measure" mode), so it fits exactly
+// with any standard library; the allocator itself holds nothing. The block
 // is freed when the pipeline is done with the Task and the future side has let go
 // of the shared state.
 #pragma once
@@ -52,25 +53,30 @@ namespace py = pybind11;
 
 class alignas(16) BlockHeader {
 public:
-    /// capacity == 0: "measure" mode, every allocation goes to the heap but `wanted`
-    /// still records the arena bytes they would have taken.
-    BlockHeader(std::uint32_t capacity, std::uint32_t block_align) noexcept
-        : capacity_(capacity), align_(block_align) {}
+    /// `measure`: the probe of promise_arena_bytes, where reserve() records the arena
+    /// bytes the promise's allocations would take (they go to the heap).
+    explicit BlockHeader(std::uint32_t block_align, bool measure = false) noexcept
+        : measuring_(measure ? 1 : 0), align_(block_align) {}
 
-    /// Bump-allocates from the arena; nullptr when it does not fit. Only called while
-    /// the promise is constructed, on one thread.
-    void* allocate(std::size_t bytes, std::size_t align) noexcept {
+    bool measuring() const noexcept { return measuring_ != 0; }
+
+    /// Measure mode: the offset in the arena where `bytes` aligned to `align` go.
+    std::size_t reserve(std::size_t bytes, std::size_t align) noexcept {
         const std::size_t offset = align_up(wanted_, align);
         wanted_ = static_cast<std::uint32_t>(offset + bytes);
-        if (align > 16 || wanted_ > capacity_) return nullptr;
+        return offset;
+    }
+    std::size_t wanted() const noexcept { return wanted_; }
+
+    /// The arena's bytes at `offset`, with a reference to the block.
+    void* place(std::size_t offset) noexcept {
         refs_.fetch_add(1, std::memory_order_relaxed);
         return arena() + offset;
     }
-    bool owns(const void* p) const noexcept {
-        auto* b = static_cast<const unsigned char*>(p);
-        return b >= arena() && b < arena() + capacity_;
+    /// The block whose arena holds `p` at `offset`.
+    static BlockHeader* of(void* p, std::size_t offset) noexcept {
+        return reinterpret_cast<BlockHeader*>(static_cast<unsigned char*>(p) - offset - sizeof(BlockHeader));
     }
-    std::size_t wanted() const noexcept { return wanted_; }
 
     /// Drops one reference: the Task's own, or one arena allocation's.
     void release() noexcept {
@@ -83,51 +89,102 @@ public:
 
 private:
     unsigned char* arena() noexcept { return reinterpret_cast<unsigned char*>(this) + sizeof(BlockHeader); }
-    const unsigned char* arena() const noexcept {
-        return reinterpret_cast<const unsigned char*>(this) + sizeof(BlockHeader);
-    }
 
     std::atomic<std::uint32_t> refs_{1};  // the Task itself + live arena allocations
-    std::uint32_t wanted_ = 0;            // arena bytes asked for so far
-    std::uint32_t capacity_;
+    std::uint32_t wanted_ = 0;            // measure mode: arena bytes asked for so far
+    std::uint32_t measuring_;
     std::uint32_t align_;  // alignment the block was allocated with (for free_block)
 };
 static_assert(sizeof(BlockHeader) == 16);
 
-/// Allocator handed to std::promise: serves from the block's arena, falls back to
-/// the heap for anything that does not fit.
-template <class T>
-struct ArenaAllocator {
-    using value_type = T;
-    BlockHeader* block;
+/// The block whose std::promise this thread is building (set around its
+/// construction, the only time the promise allocates), or the measuring probe.
+inline thread_local BlockHeader* building_block = nullptr;
 
-    explicit ArenaAllocator(BlockHeader* b) noexcept : block(b) {}
+/// Sets building_block for one scope.
+class BuildingBlock {
+public:
+    explicit BuildingBlock(BlockHeader* b) noexcept : before_(std::exchange(building_block, b)) {}
+    ~BuildingBlock() { building_block = before_; }
+    BuildingBlock(const BuildingBlock&) = delete;
+    BuildingBlock& operator=(const BuildingBlock&) = delete;
+
+private:
+    BlockHeader* before_;
+};
+
+/// Where a std::promise<Key>'s allocation of type T goes: `bytes` at `offset` in its
+/// block's arena, or (bytes == 0) the heap. Set when promise_arena_bytes<Key>
+/// measures: each type the promise allocates exactly once, with an alignment the
+/// arena can give, gets its place. Hidden, like the allocator and the measurement:
+/// each shared object that includes pyscheduler measures for itself, and a block
+/// is always freed by the code that made it (the promise's allocations are let go
+/// through their virtual destroy functions).
+template <class T, class Key>
+struct PYSCHEDULER_HIDDEN ArenaPlace {
+    inline static std::size_t offset = 0;
+    inline static std::size_t bytes = 0;
+    inline static const BlockHeader* measured_by = nullptr;  // the probe that placed it
+};
+
+/// Allocator handed to std::promise<Key>: serves its allocations from the block's
+/// arena (ArenaPlace), the heap for anything else. Stateless on purpose: the promise
+/// keeps a copy in both of its allocations, which an empty class costs nothing
+/// (empty-base optimisation) and a block pointer 8 bytes each. allocate() finds the
+/// block through building_block; deallocate(), on whichever thread lets go of the
+/// state, from the pointer and the type's offset.
+template <class T, class Key>
+struct PYSCHEDULER_HIDDEN ArenaAllocator {
+    using value_type = T;
+    using Place = ArenaPlace<T, Key>;
+
+    ArenaAllocator() noexcept = default;
     template <class U>
-    ArenaAllocator(const ArenaAllocator<U>& other) noexcept : block(other.block) {}
+    ArenaAllocator(const ArenaAllocator<U, Key>&) noexcept {}
 
     T* allocate(std::size_t n) {
-        if (void* p = block->allocate(n * sizeof(T), alignof(T))) return static_cast<T*>(p);
-        return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(alignof(T))));
+        BlockHeader* const block = building_block;
+        const std::size_t bytes = n * sizeof(T);
+        if (block != nullptr && block->measuring()) {
+            const std::size_t offset = block->reserve(bytes, alignof(T));
+            const bool again = std::exchange(Place::measured_by, block) == block;  // a second one: the heap
+            Place::offset = offset;
+            Place::bytes = !again && alignof(T) <= alignof(BlockHeader) ? bytes : 0;
+        } else if (in_arena(bytes)) {
+            if (block == nullptr) {
+                throw std::logic_error("pyscheduler: internal error: a promise allocated outside its construction");
+            }
+            return static_cast<T*>(block->place(Place::offset));
+        }
+        return static_cast<T*>(::operator new(bytes, std::align_val_t(alignof(T))));
     }
     void deallocate(T* p, std::size_t n) noexcept {
-        if (block->owns(p)) {
-            block->release();
+        const std::size_t bytes = n * sizeof(T);
+        const BlockHeader* const block = building_block;
+        if (in_arena(bytes) && !(block != nullptr && block->measuring())) {
+            BlockHeader::of(p, Place::offset)->release();
         } else {
-            ::operator delete(p, n * sizeof(T), std::align_val_t(alignof(T)));
+            ::operator delete(p, bytes, std::align_val_t(alignof(T)));
         }
     }
     template <class U>
-    bool operator==(const ArenaAllocator<U>& o) const noexcept {
-        return block == o.block;
+    bool operator==(const ArenaAllocator<U, Key>&) const noexcept {
+        return true;
     }
+
+private:
+    static bool in_arena(std::size_t bytes) noexcept { return Place::bytes != 0 && bytes <= Place::bytes; }
 };
 
-/// Arena bytes a std::promise<R> built with ArenaAllocator takes: measured once.
+/// Arena bytes a std::promise<R> built with ArenaAllocator takes: measured once, by
+/// building one promise on a probe in measure mode (which also places each of its
+/// allocations: ArenaPlace).
 template <class R>
-std::size_t promise_arena_bytes() {
+PYSCHEDULER_HIDDEN std::size_t promise_arena_bytes() {
     static const std::size_t bytes = [] {
-        BlockHeader probe(0, 16);
-        { std::promise<R> p(std::allocator_arg, ArenaAllocator<char>(&probe)); }
+        BlockHeader probe(16, true);
+        const BuildingBlock measuring(&probe);
+        { std::promise<R> p(std::allocator_arg, ArenaAllocator<char, R>()); }
         return probe.wanted();
     }();
     return bytes;
@@ -159,11 +216,14 @@ struct Completion<std::future<R>> {
         return allocate_block(size, align);
     }
     static Head* make_head(void* memory, BlockTag tag) noexcept {
-        return ::new (memory)
-            BlockHeader(static_cast<std::uint32_t>(promise_arena_bytes<R>()), static_cast<std::uint32_t>(tag));
+        return ::new (memory) BlockHeader(static_cast<std::uint32_t>(tag));
     }
 
-    explicit Completion(Head* head) : promise(std::allocator_arg, ArenaAllocator<char>(head)) {}
+    explicit Completion(Head* head) : promise(make_promise(head)) {}
+    static std::promise<R> make_promise(Head* head) {
+        const BuildingBlock building(head);
+        return std::promise<R>(std::allocator_arg, ArenaAllocator<char, R>());
+    }
     std::future<R> get_future(Head*) { return promise.get_future(); }
     template <class... V>
     void set_value(Head*, V&&... v) {  // throws what R's move constructor throws
