@@ -179,7 +179,7 @@ double run_items(pyscheduler::BasicInvokeHandler<Policy>& h, int producers, std:
 /// steal_pct: the share of the machine's CPU time the hypervisor stole during the
 /// timed rounds (raw rounds included; /proc/stat, so in 10 ms ticks): a pipeline of
 /// three threads needs both vCPUs, the single-threaded limit one, and runs with much
-/// steal read high (README, Performance).
+/// steal read high (docs/performance-notes.md).
 /// The timed rounds follow one untimed warm-up round, reported on its own
 /// (warmup_x_raw_pybind11, against a raw round just before it): a process's first
 /// 120 000 items touch some 12 MB of fresh memory (about 3 100 page faults here,

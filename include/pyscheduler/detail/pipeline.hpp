@@ -518,7 +518,7 @@ private:
     /// thread staged nothing since the last check (QueueStats::producer_yields counts
     /// these). A full ring means the commit thread waits for the executors, which a
     /// yield does not help. A yield with nothing else runnable on the core returns at
-    /// once. See README, Performance.
+    /// once. See docs/performance-notes.md ("The commit thread behind a flooding producer").
     void offer_core_if_staging_stalled(std::uint64_t enqueued) noexcept {
         const std::uint64_t staged = staged_.load(std::memory_order_relaxed);
         const std::uint64_t before = staged_at_check_.exchange(staged, std::memory_order_relaxed);
