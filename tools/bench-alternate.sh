@@ -12,8 +12,12 @@
 #     -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTS=ON -DPython_EXECUTABLE="$PWD/.venv-3.11/bin/python" &&
 #   ninja -C /tmp/before/build tests/bench/pyscheduler_bench &&
 #   tools/bench-alternate.sh /tmp/before/build build-Release 'QueueInvokeThroughput<LightweightFuturePolicy>/batch:256/producers:1/'
+# Calibrate first: one build given twice (A/A; a symlink to it keeps the lines apart)
+# shows what the noise alone makes of a comparison. On the 2-vCPU VM, 40 alternated
+# runs of the batch-256 rows of one configuration differed by up to 17 % in their
+# medians (docs/performance-notes.md).
 set -euo pipefail
-[[ $# -ge 3 ]] || { sed -n '2,14p' "$0" >&2; exit 2; }
+[[ $# -ge 3 ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
 builds=("$1" "$2")
 filter="$3"
 rounds="${4:-6}"
